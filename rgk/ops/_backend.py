@@ -1,0 +1,63 @@
+"""Backend choice for the fused ops: CUDA extension, then Triton, then the PyTorch reference.
+
+RGK_BACKEND=auto|cuda|triton|torch forces one (default auto).  On CPU tensors auto means
+the reference, except that under TRITON_INTERPRET=1 a forced "triton" runs the Triton
+kernels in the interpreter (that is how CI checks them).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+BACKENDS = ("auto", "cuda", "triton", "torch")
+
+
+def requested() -> str:
+    b = os.environ.get("RGK_BACKEND", "auto").lower()
+    if b not in BACKENDS:
+        raise ValueError(f"RGK_BACKEND={b!r}: expected one of {', '.join(BACKENDS)}")
+    return b
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_ext():
+    """The compiled extension module rgk._C, or None when it was not built."""
+    try:
+        return importlib.import_module("rgk._C")
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose(device_type: str, has_cuda_impl: bool = True) -> str:
+    """Backend name for an op on tensors of `device_type`."""
+    b = requested()
+    if b == "torch":
+        return "torch"
+    if device_type != "cuda":
+        if b == "triton" and os.environ.get("TRITON_INTERPRET") == "1" and triton_available():
+            return "triton"
+        return "torch"
+    if b == "cuda":
+        if not has_cuda_impl or cuda_ext() is None:
+            raise RuntimeError("RGK_BACKEND=cuda but the rgk._C extension is not built "
+                               "(reinstall with RGK_FORCE_CUDA=1 on a CUDA machine)")
+        return "cuda"
+    if b == "triton":
+        if not triton_available():
+            raise RuntimeError("RGK_BACKEND=triton but triton is not installed")
+        return "triton"
+    if has_cuda_impl and cuda_ext() is not None:
+        return "cuda"
+    if triton_available():
+        return "triton"
+    return "torch"

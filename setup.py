@@ -1,0 +1,52 @@
+"""Build rgk; on CUDA machines also build the rgk._C extension from csrc/.
+
+Environment switches:
+  RGK_FORCE_CUDA=1   build the extension even if torch sees no GPU (needs nvcc + CUDA torch)
+  RGK_SKIP_CUDA=1    never build it (pure Python + Triton install)
+  RGK_CUDA_ARCHS     semicolon list of archs, default "9.0a" (e.g. "8.0;9.0a")
+  MAX_JOBS           parallel compile jobs (read by torch's ninja build)
+"""
+import glob
+import os
+
+from setuptools import setup
+
+packages = ["rgk", "rgk.ops", "rgk.args", "rgk.argre", "rgk.kernels"]
+package_dir = {"rgk.kernels": "kernels"}
+package_data = {"rgk": ["data/heads/*", "data/argre/*"]}
+
+
+def _cuda_extensions():
+    if os.environ.get("RGK_SKIP_CUDA") == "1":
+        return [], {}
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return [], {}
+    force = os.environ.get("RGK_FORCE_CUDA") == "1"
+    have_cuda = CUDA_HOME is not None and torch.version.cuda is not None
+    if not have_cuda:
+        if force:
+            raise RuntimeError("RGK_FORCE_CUDA=1 but torch has no CUDA build or CUDA_HOME is not set")
+        return [], {}
+    if not (force or torch.cuda.is_available()):
+        return [], {}
+    archs = os.environ.get("RGK_CUDA_ARCHS", "9.0a").split(";")
+    gencode = []
+    for a in archs:
+        num = a.replace(".", "")
+        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
+    ext = CUDAExtension(
+        name="rgk._C",
+        sources=sources,
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
+                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", *gencode]},
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _cuda_extensions()
+setup(packages=packages, package_dir=package_dir, package_data=package_data,
+      include_package_data=True, ext_modules=ext_modules, cmdclass=cmdclass)
