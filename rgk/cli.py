@@ -9,7 +9,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="rgk", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     from rgk.args import cli as args_cli
-    args_cli.add_parsers(sub)
+    args_cli.add_parsers(sub)            # demo, generate
+    from rgk import train_head
+    train_head.add_parser(sub)           # train-reward-head
     from rgk.argre import cli as argre_cli
     argre_cli.add_parsers(sub)
     ns = parser.parse_args(argv)
