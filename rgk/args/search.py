@@ -30,7 +30,7 @@ from rgk.models import RewardHead, final_hidden
 @dataclass
 class ARGSOutput:
     sequences: torch.Tensor     # [B, T + n] prompt (left-padded) + generated, pad after EOS
-    rewards: torch.Tensor       # [B, n] reward of the chosen candidate at each step (fp32)
+    rewards: torch.Tensor       # [B, n] reward of the chosen candidate at each step (fp32, 0 after EOS)
     logprobs: torch.Tensor      # [B, n] LM log-prob of the chosen token
     scores: torch.Tensor        # [B, n] ARGS score of the chosen token
 
@@ -117,8 +117,9 @@ class _Recorder:
         self.r, self.lp, self.sc = [], [], []
 
     def add(self, tok, index, logp, score, r):
+        """Rows finished before this step get pad and zero statistics."""
         tok = torch.where(self.done, torch.full_like(tok, self.pad), tok)
-        take = lambda t: t.gather(1, index[:, None])[:, 0].float()  # noqa: E731
+        take = lambda t: torch.where(self.done, 0.0, t.gather(1, index[:, None])[:, 0].float())  # noqa: E731
         self.seqs.append(tok[:, None])
         self.r.append(take(r)), self.lp.append(take(logp)), self.sc.append(take(score))
         if self.eos.numel():
