@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def _convert_default(dest: Path) -> None:
     src = gguf_path()
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    tmp = dest.with_name(dest.name + ".tmp")
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
@@ -60,7 +61,9 @@ def _convert_default(dest: Path) -> None:
              if not (tied and k == "lm_head.weight")}
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     tok.save_pretrained(tmp)
-    os.replace(tmp, dest) if not dest.exists() else None
+    if dest.exists():  # a partial copy from an interrupted conversion
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
 
 
 def default_model_dir() -> Path:
