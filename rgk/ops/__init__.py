@@ -100,6 +100,11 @@ def fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, sc
     return reference.fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale)
 
 
+def _fp32(*ts):
+    """Head weights go to the kernels as contiguous fp32 (no-op when they already are)."""
+    return [None if t is None else t.detach().float().contiguous() for t in ts]
+
+
 def _check_head(d: int, w1, b1, w2, b2) -> None:
     _check_float("w1", w1, 2)
     if w1.shape[1] != d:
@@ -136,6 +141,7 @@ def reward_select(hidden, logp, ids, w1, b1, w2=None, b2=None, *, reward_weight,
         if uniform is None or uniform.shape != (B,):
             raise ValueError(f"uniform: expected a tensor of shape ({B},) of U[0,1) draws when temperature > 0")
     _check_same_device(hidden=hidden, logp=logp, ids=ids, w1=w1, b1=b1, w2=w2, b2=b2, uniform=uniform)
+    w1, b1, w2, b2 = _fp32(w1, b1, w2, b2)
     backend = choose(hidden.device.type)
     if backend == "cuda":
         return torch.ops.rgk.reward_select(hidden, logp, ids, w1, b1, w2, b2, float(reward_weight),
@@ -164,6 +170,7 @@ def argre_refine(h, w1, b1, w2, b2, direction, r_plus, *, beta=1.0, n_steps=5, s
     if not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"n_steps: expected an int >= 0, got {n_steps!r}")
     _check_same_device(h=h, w1=w1, b1=b1, w2=w2, b2=b2, direction=direction)
+    w1, b1, w2, b2, direction = _fp32(w1, b1, w2, b2, direction)
     backend = choose(h.device.type)
     kw = dict(beta=float(beta), n_steps=n_steps, step_size=float(step_size))
     if backend == "cuda":
