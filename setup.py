@@ -5,8 +5,9 @@ Environment switches:
   RGK_SKIP_CUDA=1    never build it (pure Python + Triton install)
   RGK_CUDA_ARCHS     semicolon list of archs, default "9.0a" (e.g. "8.0;9.0a")
   MAX_JOBS           parallel compile jobs (read by torch's ninja build)
+Sources and flags come from rgk/ops/_jit.py, which the JIT build (RGK_JIT=1) uses too.
 """
-import glob
+import importlib.util
 import os
 
 from setuptools import setup
@@ -32,18 +33,13 @@ def _cuda_extensions():
         return [], {}
     if not (force or torch.cuda.is_available()):
         return [], {}
-    archs = os.environ.get("RGK_CUDA_ARCHS", "9.0a").split(";")
-    gencode = []
-    for a in archs:
-        num = a.replace(".", "")
-        gencode.append(f"-gencode=arch=compute_{num},code=sm_{num}")
-    sources = sorted(glob.glob("csrc/*.cu")) + sorted(glob.glob("csrc/*.cpp"))
-    ext = CUDAExtension(
-        name="rgk._C",
-        sources=sources,
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", *gencode]},
-    )
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("_rgk_build", os.path.join(here, "rgk", "ops", "_jit.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    sources = [os.path.relpath(p, here) for p in build.sources(here)]
+    ext = CUDAExtension(name="rgk._C", sources=sources, include_dirs=[os.path.join(here, "csrc")],
+                        extra_compile_args=build.compile_args())
     return [ext], {"build_ext": BuildExtension}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import warnings
 
 BACKENDS = ("auto", "cuda", "triton", "torch")
 
@@ -22,11 +23,22 @@ def requested() -> str:
 
 @functools.lru_cache(maxsize=None)
 def cuda_ext():
-    """The compiled extension module rgk._C, or None when it was not built."""
+    """The compiled extension: rgk._C, else with RGK_JIT=1 a JIT build of csrc/ (see
+    rgk.ops._jit); None when neither is there.  Loading it registers torch.ops.rgk.* and
+    their fake kernels (rgk.ops._fake) for torch.compile."""
     try:
-        return importlib.import_module("rgk._C")
-    except ImportError:
-        return None
+        mod = importlib.import_module("rgk._C")
+    except ModuleNotFoundError:
+        mod = None
+    except ImportError as e:  # built, but against another torch/CUDA: say so, then fall back
+        warnings.warn(f"rgk._C is present but does not load ({e}); rebuild it with RGK_FORCE_CUDA=1")
+        mod = None
+    if mod is None and os.environ.get("RGK_JIT") == "1":
+        from . import _jit
+        mod = _jit.load()
+    if mod is not None:
+        from . import _fake  # noqa: F401
+    return mod
 
 
 @functools.lru_cache(maxsize=None)
