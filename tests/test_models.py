@@ -21,6 +21,7 @@ def test_bad_model_path():
         models.load_model("/nonexistent/model/folder")
 
 
+@pytest.mark.default_model
 def test_default_model_converts_once_and_reloads_fast():
     models.default_model_dir()  # converts on the first use (about 20 s), cached afterwards
     t0 = time.perf_counter()
@@ -39,6 +40,7 @@ def test_default_model_converts_once_and_reloads_fast():
     assert "Paris" in text, text
 
 
+@pytest.mark.default_model
 def test_final_hidden_feeds_lm_head():
     model, tok = models.load_model()
     ids = tok(["Hello there, how are you?"], return_tensors="pt")
