@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rgk.kernels import _workspace
+
 @triton.jit
 def _scale_from(m_old, m_new):
     """exp2(m_old - m_new) with exp2(-inf - (-inf)) read as 0."""
@@ -140,21 +142,6 @@ def _finish(s_self, m_i, l_i, acc, vn_base, svn_k, j, d, rd_ok, out_ptrs):
     tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=rd_ok)
 
 
-_TICKETS: dict = {}
-
-
-def _tickets(device: torch.device, n: int) -> torch.Tensor | None:
-    """Zeroed per-block counters that the kernel leaves zeroed; None if they cannot be made now."""
-    key = (device.type, device.index)
-    buf = _TICKETS.get(key)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
-        _TICKETS[key] = buf
-    return buf
-
-
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
@@ -188,7 +175,7 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
         if dev.type == "cuda":
             sms = torch.cuda.get_device_properties(dev).multi_processor_count
             split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))
-    tickets = _tickets(dev, tiles) if split > 1 else None
+    tickets = _workspace.tickets("fork_attention", dev, tiles, 4096) if split > 1 else None
     if tickets is None:
         split = 1
         tickets = torch.empty(1, dtype=torch.int32, device=dev)

@@ -45,6 +45,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rgk.kernels import _workspace
+
 _EMPTY = tl.constexpr(-(2**63) + 1)  # below the key of every real element
 _LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -187,21 +189,6 @@ def _topk_logprobs_kernel(
             tl.atomic_xchg(ticket_ptr + row, 0)  # ready for the next launch
 
 
-_TICKETS: dict = {}
-
-
-def _tickets(device: torch.device, n: int) -> torch.Tensor | None:
-    """Zeroed per-row counters that the kernel leaves zeroed; None if they cannot be made now."""
-    key = (device.type, device.index)
-    buf = _TICKETS.get(key)
-    if buf is None or buf.numel() < n:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        buf = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-        _TICKETS[key] = buf
-    return buf
-
-
 def _pick_split(B: int, V: int, block: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
@@ -223,7 +210,7 @@ def topk_logprobs_triton(logits: torch.Tensor, k: int, *, split: int | None = No
     CAP = max(64, 4 * K_PAD)
     BLOCK = max(LANES, min(1024, triton.next_power_of_2(V)))
     SPLIT = split if split is not None else _pick_split(B, V, BLOCK, dev)
-    tickets = _tickets(dev, B) if SPLIT > 1 else None
+    tickets = _workspace.tickets("topk_logprobs", dev, B, 1024) if SPLIT > 1 else None
     if tickets is None:
         SPLIT = 1
         tickets = torch.empty(1, dtype=torch.int32, device=dev)

@@ -24,6 +24,27 @@ def has_cuda() -> bool:
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+INTERPRETED = DEVICE.type == "cpu"
+
+
+def use_backend(monkeypatch, name: str, dtype=None) -> None:
+    """Select an op backend for one test: "default", "triton" (interpreter on CPU) or "cuda"."""
+    from rgk.ops import _backend
+    if name == "default":
+        monkeypatch.delenv("RGK_BACKEND", raising=False)
+    elif name == "triton":
+        if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
+        if INTERPRETED and dtype == torch.bfloat16:
+            pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly; bf16 is checked on GPU")
+        monkeypatch.setenv("RGK_BACKEND", "triton")
+    else:
+        if DEVICE.type != "cuda" or _backend.cuda_ext() is None:
+            pytest.skip("needs a CUDA device and the built rgk._C extension")
+        monkeypatch.setenv("RGK_BACKEND", "cuda")
+
+
 @pytest.fixture
 def shared_dir():
     path = os.path.abspath(SHARED)

@@ -2,32 +2,16 @@
 present) and CUDA extension (GPU only) against the autograd reference; the reference
 against the closed-form gradient in float64."""
 import math
-import os
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import DEVICE, requires_cuda, use_backend
 
 from rgk import ops
-from rgk.ops import _backend, reference
+from rgk.ops import reference
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETED = DEVICE.type == "cpu"
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-2, atol=2e-2),
        torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
-
-
-def use_backend(monkeypatch, name: str) -> None:
-    if name == "default":
-        monkeypatch.delenv("RGK_BACKEND", raising=False)
-    elif name == "triton":
-        if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
-        monkeypatch.setenv("RGK_BACKEND", "triton")
-    else:
-        if DEVICE.type != "cuda" or _backend.cuda_ext() is None:
-            pytest.skip("needs a CUDA device and the built rgk._C extension")
-        monkeypatch.setenv("RGK_BACKEND", "cuda")
 
 
 def make_inputs(B, d, m, dtype, wdtype, seed, device=DEVICE):

@@ -7,31 +7,14 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import requires_cuda
+from conftest import DEVICE, INTERPRETED, requires_cuda, use_backend
 
 from rgk import ops
-from rgk.ops import _backend, reference
+from rgk.ops import reference
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETED = DEVICE.type == "cpu"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float16: dict(rtol=2e-2, atol=2e-2),
        torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
-
-
-def use_backend(monkeypatch, name: str, dtype=None) -> None:
-    if name == "default":
-        monkeypatch.delenv("RGK_BACKEND", raising=False)
-    elif name == "triton":
-        if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
-        if INTERPRETED and dtype == torch.bfloat16:
-            pytest.skip("the Triton interpreter computes bf16 tl.dot wrongly; bf16 is checked on GPU")
-        monkeypatch.setenv("RGK_BACKEND", "triton")
-    else:
-        if DEVICE.type != "cuda" or _backend.cuda_ext() is None:
-            pytest.skip("needs a CUDA device and the built rgk._C extension")
-        monkeypatch.setenv("RGK_BACKEND", "cuda")
 
 
 def make_inputs(B, Hq, Hkv, K, D, L, dtype, span, seed, device=DEVICE):

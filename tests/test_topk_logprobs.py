@@ -6,28 +6,13 @@ import os
 
 import pytest
 import torch
-from conftest import requires_cuda
+from conftest import DEVICE, INTERPRETED, requires_cuda, use_backend
 
 from rgk import ops
-from rgk.ops import _backend, reference
+from rgk.ops import reference
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-INTERPRETED = DEVICE.type == "cpu"
 # the interpreter evaluates exp/log of -inf with numpy, which warns
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
-
-
-def use_backend(monkeypatch, name: str) -> None:
-    if name == "default":
-        monkeypatch.delenv("RGK_BACKEND", raising=False)
-    elif name == "triton":
-        if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (set by conftest)")
-        monkeypatch.setenv("RGK_BACKEND", "triton")
-    else:
-        if DEVICE.type != "cuda" or _backend.cuda_ext() is None:
-            pytest.skip("needs a CUDA device and the built rgk._C extension")
-        monkeypatch.setenv("RGK_BACKEND", "cuda")
 
 
 def make_logits(B, V, dtype, pattern, seed, device=DEVICE):

@@ -29,9 +29,8 @@ from transformers import LogitsProcessor
 
 from rgk import ops
 from rgk.args.cache import ForkCache
-from rgk.args.rewards import RewardModel, TextReward, reward_kind
+from rgk.args.rewards import reward_kind
 from rgk.args.search import check_args_params, select
-from rgk.models import RewardHead
 
 
 class ARGSLogitsProcessor(LogitsProcessor):

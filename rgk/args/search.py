@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from rgk import ops
 from rgk.ops import reference
 from rgk.args.cache import ForkCache
-from rgk.args.rewards import RewardModel, TextReward, reward_kind
+from rgk.args.rewards import reward_kind
 from rgk.models import RewardHead, final_hidden
 
 
