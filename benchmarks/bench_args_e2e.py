@@ -5,9 +5,25 @@ reference (re-running the reward over every full candidate sequence) and plain g
 CPU: a SmolLM2-shaped model is too slow for a benchmark suite, so CPU uses a small random
 Llama (4 layers, hidden 256); CUDA uses random weights of SmolLM2-135M's exact shape in bf16.
 Run:  python -m pytest benchmarks/bench_args_e2e.py --benchmark-only
+Each variant's median wall time (synchronised) is also kept, and the last test prints one
+table — ms per generated token, speed-up over the naive reference, cost relative to greedy
+`generate` — and appends it to $RGK_BENCH_RECORDS (op "args_e2e").  Works without the
+pytest-benchmark plugin too (then only that table is printed).
 """
+import json
+import os
+import statistics
+import sys
+import time
+
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import HAVE_PYTEST_BENCHMARK, records_path  # noqa: E402
+
+if not HAVE_PYTEST_BENCHMARK:
+    from _timing import benchmark  # noqa: F401,E402
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
 
 from rgk.args import ARGSLogitsProcessor, RewardModel, args_generate, naive_args_generate
@@ -44,13 +60,24 @@ def setup():
     return m, head, ids, mask
 
 
-def _sync(fn):
+TIMES: dict[str, float] = {}
+
+
+def _timed(benchmark, name, fn, rounds=3):
+    """Warm up once, then time `rounds` synchronised calls through pytest-benchmark."""
+    samples = []
+
     def run():
-        out = fn()
+        t0 = time.perf_counter()
+        fn()
         if CUDA:
             torch.cuda.synchronize()
-        return out
-    return run
+        samples.append(time.perf_counter() - t0)
+
+    run()
+    samples.clear()
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=0)
+    TIMES[name] = statistics.median(samples)
 
 
 KW = dict(k=K, w=1.5, max_new_tokens=NEW, eos_token_id=-1)
@@ -59,21 +86,21 @@ KW = dict(k=K, w=1.5, max_new_tokens=NEW, eos_token_id=-1)
 @pytest.mark.benchmark(group="args-e2e")
 def test_greedy_generate(benchmark, setup):
     m, head, ids, mask = setup
-    benchmark.pedantic(_sync(lambda: m.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
-                                                do_sample=False, pad_token_id=2)), rounds=3, warmup_rounds=1)
+    _timed(benchmark, "greedy generate", lambda: m.generate(ids, attention_mask=mask, max_new_tokens=NEW,
+                                                            min_new_tokens=NEW, do_sample=False, pad_token_id=2))
 
 
 @pytest.mark.benchmark(group="args-e2e")
 def test_args_native_shared(benchmark, setup):
     m, head, ids, mask = setup
-    benchmark.pedantic(_sync(lambda: args_generate(m, ids, mask, reward=head, **KW)), rounds=3, warmup_rounds=1)
+    _timed(benchmark, "ARGS native, shared head", lambda: args_generate(m, ids, mask, reward=head, **KW))
 
 
 @pytest.mark.benchmark(group="args-e2e")
 def test_args_native_reward_model(benchmark, setup):
     m, head, ids, mask = setup
     rm = RewardModel(m, head)
-    benchmark.pedantic(_sync(lambda: args_generate(m, ids, mask, reward=rm, **KW)), rounds=3, warmup_rounds=1)
+    _timed(benchmark, "ARGS native, reward model", lambda: args_generate(m, ids, mask, reward=rm, **KW))
 
 
 @pytest.mark.benchmark(group="args-e2e")
@@ -84,11 +111,29 @@ def test_args_processor(benchmark, setup):
         proc = ARGSLogitsProcessor(RewardModel(m, head), k=K, w=1.5, attention_mask=mask)
         return m.generate(ids, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                           logits_processor=LogitsProcessorList([proc]), pad_token_id=2)
-    benchmark.pedantic(_sync(run), rounds=3, warmup_rounds=1)
+    _timed(benchmark, "ARGS LogitsProcessor", run)
 
 
 @pytest.mark.benchmark(group="args-e2e")
 def test_args_naive_reference(benchmark, setup):
     m, head, ids, mask = setup
-    benchmark.pedantic(_sync(lambda: naive_args_generate(m, ids, mask, reward=head, **KW)),
-                       rounds=1 if CUDA else 2, warmup_rounds=0)
+    _timed(benchmark, "naive ARGS reference", lambda: naive_args_generate(m, ids, mask, reward=head, **KW),
+           rounds=1 if CUDA else 2)
+
+
+def test_zz_summary():
+    """One table from the timings above (same run)."""
+    if not TIMES:
+        pytest.skip("no variant was timed")
+    naive, greedy = TIMES.get("naive ARGS reference"), TIMES.get("greedy generate")
+    dev = torch.cuda.get_device_name() if CUDA else "cpu"
+    print(f"\nARGS end to end on {dev}: B={B}, prompt {PROMPT}, {NEW} new tokens, k={K}, {DTYPE}")
+    print(f"{'variant':28s} {'ms/token':>10s} {'vs naive':>9s} {'vs greedy':>10s}")
+    with open(records_path(), "a") as f:
+        for name, t in TIMES.items():
+            per_tok = 1e3 * t / NEW
+            vs_naive = f"{naive / t:.1f}x" if naive else "-"
+            vs_greedy = f"{t / greedy:.2f}x" if greedy else "-"
+            print(f"{name:28s} {per_tok:10.2f} {vs_naive:>9s} {vs_greedy:>10s}")
+            f.write(json.dumps(dict(op="args_e2e", case=f"B{B}-P{PROMPT}-N{NEW}-k{K}", impl=name, eager_ms=per_tok,
+                                    device=dev)) + "\n")

@@ -8,7 +8,8 @@
 #   b. tests    python -m pytest -q tests -m "not slow"
 #   c. sanitize compute-sanitizer memcheck and racecheck on benchmarks/sanitize_driver.py,
 #               reported clean / not clean per kernel
-#   d. bench    the four kernel suites (benchmarks/bench_<op>.py) and the dispatch overhead
+#   d. bench    the four kernel suites (benchmarks/bench_<op>.py), the dispatch overhead,
+#               ARGRE's per-token editing overhead and ARGS end to end (bench_args_e2e.py)
 #   e. summary  ONE table of targets (benchmarks/_targets.py), CSV + PNG
 # Every stage has a time limit and records FAIL without stopping the others; the whole run
 # stays within RGK_CHECK_BUDGET seconds (default 570, i.e. under 10 minutes).  Results go to
@@ -143,7 +144,13 @@ for i in "${!suites[@]}"; do
   stage "bench_$op" "$(limit 150 $(( 30 + 35 * remaining )))" "$PY" -m pytest -q -p no:cacheprovider \
     "benchmarks/bench_$op.py" "${json[@]}"
 done
-stage dispatch "$(limit 30 15)" "$PY" benchmarks/dispatch_overhead.py --json "$RUN.dispatch.json"
+stage dispatch "$(limit 30 120)" "$PY" benchmarks/dispatch_overhead.py --json "$RUN.dispatch.json"
+# end to end on a random-weight SmolLM2-shaped model: ARGRE's per-token overhead (a target row)
+# and ARGS (native loop, processor, naive reference) against plain greedy generate (reported)
+stage bench_argre_generate "$(limit 75 60)" "$PY" -m pytest -q -p no:cacheprovider \
+  benchmarks/bench_argre_generate.py -k overhead
+stage bench_args_e2e "$(limit 60 15)" "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_args_e2e.py \
+  "${PB_ARGS[@]}" --benchmark-json="$RUN.args_e2e.json" --benchmark-columns=median,rounds
 
 # ---------------------------------------------------------------- e. summary
 stage summary "$(limit 30 0)" "$PY" benchmarks/_targets.py "$RUN".bench_*.json "$RGK_BENCH_RECORDS" \
