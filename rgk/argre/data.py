@@ -46,17 +46,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-import rgk
+from rgk.models import shared_data_dir
 
 SPLIT_SEED = 0
 N_TRAIN = 400
 RTP_FILE = "rtp/challenging_prompts.jsonl"
-
-
-def shared_data_dir() -> Path:
-    """`$RGK_SHARED_DATA`, else `shared/data` beside the checkout."""
-    env = os.environ.get("RGK_SHARED_DATA")
-    return Path(env) if env else Path(rgk.__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _data_file(rel: str, data_dir: str | os.PathLike | None) -> Path:
