@@ -11,10 +11,16 @@ on the final norm, i.e. what `with editor.attach(model): model.generate(...)` co
 Each case records `per_token_ms` in extra_info; `test_argre_generate_overhead` asserts
 the goal "editing adds <= 5% to per-token generation time" (median of interleaved runs).
 """
+import json
+import os
+import sys
 import time
 
 import pytest
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import records_path  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,6 +51,21 @@ def editor():
                      torch.randn(1, m, generator=g) / m ** 0.5, torch.zeros(1), torch.randn(d, generator=g) * 0.1,
                      r_plus=1e4, n_steps=5, step_size=0.5, beta=1e4)
     return ed
+
+
+def _backend_name() -> str:
+    """Which argre_refine implementation the editor used (the fused default on CUDA)."""
+    from rgk.ops import _backend
+    return _backend.choose("cuda")
+
+
+def _record(batch, impl, seconds):
+    """One line for benchmarks/_targets.py: per-token time (eager, ms) of plain vs edited."""
+    rec = dict(op="argre_generate", case=f"B{batch}-P{PROMPT_LEN}-N{NEW_TOKENS}", impl=impl,
+               eager_ms=seconds * 1e3 / NEW_TOKENS, B=batch, device=torch.cuda.get_device_name())
+    os.makedirs(os.path.dirname(records_path()), exist_ok=True)
+    with open(records_path(), "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def _inputs(batch):
@@ -91,6 +112,8 @@ def test_argre_generate_overhead(model, editor, batch):
             sink.append(time.perf_counter() - t0)
     p, e = sorted(plain)[3], sorted(edited)[3]
     ratio = e / p
+    _record(batch, "unedited", p)
+    _record(batch, _backend_name(), e)
     print(f"batch {batch}: {p * 1e3 / NEW_TOKENS:.3f} ms/token unedited, {e * 1e3 / NEW_TOKENS:.3f} ms/token "
           f"with ARGRE ({100 * (ratio - 1):+.1f}%)")
     assert ratio <= 1.05, f"ARGRE adds {100 * (ratio - 1):.1f}% per token at batch {batch}"
