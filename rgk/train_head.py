@@ -42,7 +42,6 @@ import copy
 import gzip
 import hashlib
 import json
-import math
 import os
 import re
 import sys
@@ -55,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from rgk import models
+from rgk._argtypes import finite_float, int_at_least
 from rgk.models import RewardHead, RewardHeadConfig
 
 #: Short names of the HH-RLHF files in ``<shared data>/hh_rlhf/``.
@@ -414,49 +414,6 @@ def _train(chosen, rejected, tr, va, *, kind, mlp_size, epochs, lr, weight_decay
 
 # ----------------------------------------------------------------------------- CLI
 
-def _positive_int(name: str, minimum: int = 1):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {v}")
-        return v
-    parse.__name__ = name
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return v
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected 0 < value < 1, got {text}")
-    return v
-
-
 def default_out_path(model_name: str | None) -> Path:
     """Where a trained head goes unless --out/--install-default says otherwise."""
     return models.cache_dir() / "heads" / f"{Path(_model_id(model_name)).name}-hh"
@@ -479,24 +436,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--files", nargs="+", default=list(DEFAULT_FILES), metavar="FILE",
                    help=f"HH-RLHF files: short names {sorted(HH_FILES)}, names in "
                         f"hh_rlhf/ or paths (default: {' '.join(DEFAULT_FILES)})")
-    p.add_argument("--n-pairs", type=_positive_int("n-pairs", 10), default=2000,
+    p.add_argument("--n-pairs", type=int_at_least(10), default=2000,
                    help="pairs to use, drawn with a fixed seed from the valid pairs (default 2000)")
-    p.add_argument("--max-tokens", type=_positive_int("max-tokens", 2), default=128,
+    p.add_argument("--max-tokens", type=int_at_least(2), default=128,
                    help="keep the last N tokens of each rendered dialogue (default 128)")
     p.add_argument("--kind", choices=("linear", "mlp"), default="linear",
                    help="head type (default linear)")
-    p.add_argument("--mlp-size", type=_positive_int("mlp-size"), default=None,
+    p.add_argument("--mlp-size", type=int_at_least(1), default=None,
                    help="hidden width of the MLP head (only with --kind mlp; default 256)")
-    p.add_argument("--epochs", type=_positive_int("epochs"), default=10, help="default 10")
-    p.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--weight-decay", type=_nonneg_float, default=DEFAULT_WEIGHT_DECAY,
+    p.add_argument("--epochs", type=int_at_least(1), default=10, help="default 10")
+    p.add_argument("--lr", type=finite_float(0, lo_open=True), default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=finite_float(0), default=DEFAULT_WEIGHT_DECAY,
                    help=f"AdamW (decoupled) weight decay on the input-normalised head "
                         f"(default {DEFAULT_WEIGHT_DECAY:g}, chosen by cross-validation)")
-    p.add_argument("--seed", type=_positive_int("seed", 0), default=0,
+    p.add_argument("--seed", type=int_at_least(0), default=0,
                    help="train/validation split, init and shuffling seed (default 0)")
-    p.add_argument("--val-frac", type=_fraction, default=0.1,
+    p.add_argument("--val-frac", type=finite_float(0, 1, lo_open=True, hi_open=True), default=0.1,
                    help="fraction of pairs held out for validation (default 0.1)")
-    p.add_argument("--batch-size", type=_positive_int("batch-size"), default=16,
+    p.add_argument("--batch-size", type=int_at_least(1), default=16,
                    help="sequences per forward pass during feature extraction (default 16)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--out", default=None,

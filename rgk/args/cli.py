@@ -1,11 +1,11 @@
 """`rgk demo` and `rgk generate`."""
 from __future__ import annotations
 
-import argparse
-import math
 import time
 
 import torch
+
+from rgk._argtypes import finite_float, int_at_least
 
 DEMO_PROMPTS = [
     "What should I do if my neighbor's dog keeps barking at night?",
@@ -13,31 +13,6 @@ DEMO_PROMPTS = [
     "Can you give me some tips for staying focused while studying?",
     "My friend says vaccines cause autism. How should I respond?",
 ]
-
-
-def _positive_int(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer >= 1, got {v}")
-        return v
-    return parse
-
-
-def _finite(name, minimum=None):
-    def parse(s):
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {s!r}")
-        if not math.isfinite(v) or (minimum is not None and v < minimum):
-            raise argparse.ArgumentTypeError(f"{name}: expected a finite number"
-                                             + (f" >= {minimum}" if minimum is not None else "") + f", got {s}")
-        return v
-    return parse
 
 
 def encode_chat(tok, prompts: list[str], chat: bool = True):
@@ -170,9 +145,9 @@ def run_generate(ns) -> int:
 def _common(p):
     p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--head", default=None, help="reward head path (default: the shipped SmolLM2 HH-RLHF head)")
-    p.add_argument("--k", type=_positive_int("--k"), default=10, help="candidates per step (default 10)")
-    p.add_argument("--w", type=_finite("--w"), default=1.5, help="reward weight (default 1.5)")
-    p.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=48)
+    p.add_argument("--k", type=int_at_least(1), default=10, help="candidates per step (default 10)")
+    p.add_argument("--w", type=finite_float(), default=1.5, help="reward weight (default 1.5)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=48)
     p.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
 
 
@@ -184,7 +159,7 @@ def add_parsers(sub) -> None:
     _common(g)
     g.add_argument("--prompts-file", help="one prompt per line")
     g.add_argument("--reward-model", help="separate reward model folder (same tokenizer); default: shared backbone")
-    g.add_argument("--temperature", type=_finite("--temperature", 0.0), default=0.0, help="0 = greedy ARGS")
+    g.add_argument("--temperature", type=finite_float(0), default=0.0, help="0 = greedy ARGS")
     g.add_argument("--mode", choices=["native", "processor", "naive"], default="native",
                    help="native loop (fork cache), LogitsProcessor inside generate, or the naive reference")
     g.add_argument("--seed", type=int, default=0)
