@@ -28,9 +28,10 @@ import torch
 from transformers import LogitsProcessor
 
 from rgk import ops
+from rgk.ops import reference
 from rgk.args.cache import ForkCache
 from rgk.args.rewards import reward_kind
-from rgk.args.search import check_args_params, select
+from rgk.args.search import check_args_params, head_params, row_lists
 
 
 class ARGSLogitsProcessor(LogitsProcessor):
@@ -109,8 +110,9 @@ class ARGSLogitsProcessor(LogitsProcessor):
         if self.kind == "model":
             self.cache = ForkCache.for_model(self.reward.model, B, self.max_cache_len, self.k)
             self.cache.extend(self.reward.decoder, input_ids, mask)
+            self._params = head_params(self.reward.head, input_ids.device)
         else:
-            self._prompts = [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
+            self._prompts = row_lists(input_ids, mask)
             self._gen = [[] for _ in range(B)]
         self._cand = None
         self.rebuilds += 1
@@ -156,13 +158,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
         logp, ids = ops.topk_logprobs(scores, self.k)
         if self.kind == "model":
             hc = self.cache.fork(self.reward.decoder, ids)
-            params = [None if p is None else p.detach().float().to(hc.device) for p in self.reward.head.params()]
-            _, _, score, _ = ops.reward_select(hc, logp, ids, *params, reward_weight=self.w)
+            _, _, score, _ = ops.reward_select(hc, logp, ids, *self._params, reward_weight=self.w)
         else:
-            ids_l = ids.tolist()
-            r = self.reward([self._prompts[b] for b in range(B) for _ in range(self.k)],
-                            [self._gen[b] + [ids_l[b][j]] for b in range(B) for j in range(self.k)])
-            _, _, score = select(logp, ids, r.view(B, self.k).to(logp.device), self.w, 0.0, None)
+            r = self.reward.score_candidates(self._prompts, self._gen, ids)
+            _, _, score = reference.select_from_rewards(logp, ids, r, reward_weight=self.w)
         self._cand = ids
         if self.temperature > 0:
             score = score / self.temperature

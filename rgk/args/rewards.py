@@ -69,6 +69,16 @@ class TextReward:
         return r
 
 
+    def score_candidates(self, prompts: list[list[int]], generated: list[list[int]],
+                         candidates: torch.Tensor) -> torch.Tensor:
+        """Rewards [B, k] of every row's prompt + generated tokens + each of its k candidates."""
+        B, k = candidates.shape
+        cand = candidates.tolist()
+        r = self([prompts[b] for b in range(B) for _ in range(k)],
+                 [generated[b] + [cand[b][j]] for b in range(B) for j in range(k)])
+        return r.view(B, k).to(candidates.device)
+
+
 def reward_kind(reward) -> str:
     if isinstance(reward, RewardHead):
         return "shared"

@@ -93,17 +93,6 @@ def _eos_pad(model, eos_token_id, pad_token_id, device):
     return eos, int(pad_token_id)
 
 
-def select(logp, ids, r, w, temperature, uniform):
-    """Score and choose from precomputed rewards r [B, k] (text rewards, naive path)."""
-    score = logp + w * r
-    score = torch.where(torch.isfinite(logp), score, torch.full_like(score, -math.inf))
-    if temperature == 0:
-        index = reference._first_argmax(score)
-    else:
-        index = reference._sample_index(score / temperature, uniform)
-    return ids.gather(1, index[:, None])[:, 0], index, score
-
-
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -137,11 +126,13 @@ def _uniform(B, temperature, generator, device):
     return torch.rand(B, generator=generator, device=generator.device if generator is not None else device).to(device)
 
 
-def _head_params(head: RewardHead, device):
+def head_params(head: RewardHead, device):
+    """The head's (w1, b1, w2, b2) as fp32 on `device`, as `ops.reward_select` takes them."""
     return [None if p is None else p.detach().float().to(device) for p in head.params()]
 
 
-def _row_lists(input_ids, mask):
+def row_lists(input_ids, mask):
+    """Each row's real (unpadded) tokens as a list."""
     return [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
 
 
@@ -172,7 +163,7 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
         dec = model.get_decoder()
         cache = ForkCache.for_model(model, B, cap, k)
         logits = lm_head(cache.extend(dec, input_ids, mask)[:, -1])
-        params = _head_params(reward, dev)
+        params = head_params(reward, dev)
         for _ in steps:
             logp, ids = ops.topk_logprobs(logits, k)
             hc = cache.fork(dec, ids)
@@ -195,9 +186,9 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     if kind == "model":
         rm_cache = ForkCache.for_model(reward.model, B, cap, k)
         rm_cache.extend(reward.decoder, input_ids, mask)
-        params = _head_params(reward.head, dev)
+        params = head_params(reward.head, dev)
     else:
-        prompts, gen = _row_lists(input_ids, mask), [[] for _ in range(B)]
+        prompts, gen = row_lists(input_ids, mask), [[] for _ in range(B)]
     for _ in steps:
         logp, ids = ops.topk_logprobs(logits, k)
         u = _uniform(B, temperature, generator, dev)
@@ -207,10 +198,9 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
                                                    temperature=temperature, uniform=u)
             rm_cache.commit(idx)
         else:
-            ids_l = ids.tolist()
-            r = reward([prompts[b] for b in range(B) for _ in range(k)],
-                       [gen[b] + [ids_l[b][j]] for b in range(B) for j in range(k)]).view(B, k).to(dev)
-            tok, idx, score = select(logp, ids, r, w, temperature, u)
+            r = reward.score_candidates(prompts, gen, ids)
+            tok, idx, score = reference.select_from_rewards(logp, ids, r, reward_weight=w,
+                                                            temperature=temperature, uniform=u)
         tok = rec.add(tok, idx, logp, score, r)
         if kind == "text":
             for b, t in enumerate(tok.tolist()):
@@ -251,12 +241,13 @@ def naive_args_generate(model, input_ids, attention_mask=None, *, reward, k: int
             r = reward.score(cand, cmask)
         else:
             T0 = input_ids.shape[1]
-            prompts = _row_lists(cand[:, :T0], cmask[:, :T0])
+            prompts = row_lists(cand[:, :T0], cmask[:, :T0])
             resp = [row.tolist() for row in cand[:, T0:]]
             r = reward(prompts, resp)
         r = r.view(B, k).float().to(dev)
         u = _uniform(B, temperature, generator, dev)
-        tok, idx, score = select(logp, ids, r, w, temperature, u)
+        tok, idx, score = reference.select_from_rewards(logp, ids, r, reward_weight=w, temperature=temperature,
+                                                        uniform=u)
         tok = rec.add(tok, idx, logp, score, r)
         if rec.done.all():
             break

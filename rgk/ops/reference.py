@@ -105,7 +105,15 @@ def reward_select(
     Returns (token [B] int64, index [B] int64, score [B, K] fp32, reward [B, K] fp32).
     """
     r = reward_head(hidden, w1, b1, w2, b2)
-    score = logp.float() + reward_weight * r
+    token, index, score = select_from_rewards(logp, ids, r, reward_weight=reward_weight,
+                                              temperature=temperature, uniform=uniform)
+    return token, index, score, r
+
+
+def select_from_rewards(logp, ids, r, *, reward_weight: float, temperature: float = 0.0, uniform=None):
+    """The choice half of `reward_select`, for rewards r [B, K] computed elsewhere (e.g. a
+    reward callable on text).  Returns (token [B], index [B], score [B, K] fp32)."""
+    score = logp.float() + reward_weight * r.float()
     score = torch.where(torch.isfinite(logp), score, torch.full_like(score, -math.inf))
     if temperature == 0.0:
         index = _first_argmax(score)
@@ -114,7 +122,7 @@ def reward_select(
             raise ValueError("reward_select: `uniform` [B] is required when temperature > 0")
         index = _sample_index(score / temperature, uniform)
     token = ids.gather(1, index[:, None])[:, 0]
-    return token, index, score, r
+    return token, index, score
 
 
 def _first_argmax(score: torch.Tensor) -> torch.Tensor:
