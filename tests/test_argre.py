@@ -291,6 +291,23 @@ def test_cli_parsers():
         assert e.value.code == 0
 
 
+@pytest.mark.parametrize("argv,name", [
+    (["argre", "train", "--epochs", "0"], "--epochs"),
+    (["argre", "train", "--lr", "nan"], "--lr"),
+    (["argre", "train", "--n-in", "0"], "--n-in"),
+    (["argre", "eval", "--n-steps", "-1"], "--n-steps"),
+    (["argre", "eval", "--beta", "0"], "--beta"),
+    (["argre", "generate", "hi", "--step-size", "inf"], "--step-size"),
+    (["argre", "generate", "hi", "--max-new-tokens", "0"], "--max-new-tokens"),
+])
+def test_cli_rejects_bad_arguments(argv, name, capsys):
+    from rgk.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"argument {name}" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- shipped editor
 
 def test_shipped_editor_loads():

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from rgk._argtypes import finite_float, int_at_least
+
 
 def add_parsers(subparsers) -> None:
     p = subparsers.add_parser("argre", help="ARGRE representation editing (train, eval, generate)",
@@ -16,19 +18,19 @@ def add_parsers(subparsers) -> None:
     t.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
     t.add_argument("--data-dir", default=None, help="shared data folder (default: $RGK_SHARED_DATA or ../shared/data)")
     t.add_argument("--direction", choices=("mean", "pca"), default="mean")
-    t.add_argument("--n-train", type=int, default=400, help="training prompts taken from the 1,199 RTP challenging prompts")
-    t.add_argument("--n-samples", type=int, default=8, help="sampled continuations per training prompt (plus 1 greedy)")
-    t.add_argument("--pairs-per-prompt", type=int, default=2)
+    t.add_argument("--n-train", type=int_at_least(1), default=400, help="training prompts taken from the 1,199 RTP challenging prompts")
+    t.add_argument("--n-samples", type=int_at_least(1), default=8, help="sampled continuations per training prompt (plus 1 greedy)")
+    t.add_argument("--pairs-per-prompt", type=int_at_least(1), default=2)
     t.add_argument("--no-rtp-continuations", action="store_true", help="never use RTP's own continuation as the toxic side")
-    t.add_argument("--cut-after-toxic", type=int, default=2, metavar="K",
+    t.add_argument("--cut-after-toxic", type=int_at_least(-1), default=2, metavar="K",
                    help="cut each pair K tokens after the token at which the toxic side turns toxic (-1: no cut)")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--lr", type=float, default=5e-4)
-    t.add_argument("--weight-decay", type=float, default=0.05)
-    t.add_argument("--batch-size", type=int, default=4, help="pairs per step (each gives N_in+1 trajectory pairs)")
-    t.add_argument("--n-in", type=int, default=7, help="interior trajectory points N_in")
-    t.add_argument("--beta-r", type=float, default=0.05)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int_at_least(1), default=3)
+    t.add_argument("--lr", type=finite_float(0, lo_open=True), default=5e-4)
+    t.add_argument("--weight-decay", type=finite_float(0), default=0.05)
+    t.add_argument("--batch-size", type=int_at_least(1), default=4, help="pairs per step (each gives N_in+1 trajectory pairs)")
+    t.add_argument("--n-in", type=int_at_least(1), default=7, help="interior trajectory points N_in")
+    t.add_argument("--beta-r", type=finite_float(0, lo_open=True), default=0.05)
+    t.add_argument("--seed", type=int_at_least(0), default=0)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="toxicity on held-out RTP prompts + WikiText-2 perplexity",
@@ -36,14 +38,14 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--editor", default=None, help="editor prefix (default: the shipped SmolLM2 editor)")
     e.add_argument("--model", default=None)
     e.add_argument("--data-dir", default=None)
-    e.add_argument("--n-prompts", type=int, default=None, help="first n held-out prompts (default: all 799)")
-    e.add_argument("--max-new-tokens", type=int, default=20)
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--n-steps", type=int, default=None, help="default: the editor's saved setting")
-    e.add_argument("--step-size", type=float, default=None, help="default: the editor's saved setting")
-    e.add_argument("--beta", type=float, default=None, help="default: the editor's saved setting")
-    e.add_argument("--ppl-windows", type=int, default=40)
-    e.add_argument("--ppl-window", type=int, default=256)
+    e.add_argument("--n-prompts", type=int_at_least(1), default=None, help="first n held-out prompts (default: all 799)")
+    e.add_argument("--max-new-tokens", type=int_at_least(1), default=20)
+    e.add_argument("--batch-size", type=int_at_least(1), default=32)
+    e.add_argument("--n-steps", type=int_at_least(0), default=None, help="default: the editor's saved setting")
+    e.add_argument("--step-size", type=finite_float(0), default=None, help="default: the editor's saved setting")
+    e.add_argument("--beta", type=finite_float(0, lo_open=True), default=None, help="default: the editor's saved setting")
+    e.add_argument("--ppl-windows", type=int_at_least(1), default=40)
+    e.add_argument("--ppl-window", type=int_at_least(2), default=256)
     e.add_argument("--extra", action="append", default=[], metavar="LABEL:EDITOR:N_STEPS:BETA:STEP_SIZE",
                    help="additional variant rows (EDITOR may be 'default')")
     e.add_argument("--out", default="benchmarks/argre_eval", help="writes <out>.md, <out>.csv, <out>.png")
@@ -54,10 +56,10 @@ def add_parsers(subparsers) -> None:
     g.add_argument("prompt", nargs="+")
     g.add_argument("--editor", default=None)
     g.add_argument("--model", default=None)
-    g.add_argument("--max-new-tokens", type=int, default=30)
-    g.add_argument("--n-steps", type=int, default=None, help="default: the editor's saved setting")
-    g.add_argument("--step-size", type=float, default=None, help="default: the editor's saved setting")
-    g.add_argument("--beta", type=float, default=None, help="default: the editor's saved setting")
+    g.add_argument("--max-new-tokens", type=int_at_least(1), default=30)
+    g.add_argument("--n-steps", type=int_at_least(0), default=None, help="default: the editor's saved setting")
+    g.add_argument("--step-size", type=finite_float(0), default=None, help="default: the editor's saved setting")
+    g.add_argument("--beta", type=finite_float(0, lo_open=True), default=None, help="default: the editor's saved setting")
     g.set_defaults(func=_generate)
 
 
