@@ -129,7 +129,7 @@ def test_stochastic_distribution(models):
     N, k, tau = 4000, 5, 0.7
     ref = naive_args_generate(lm, ids, mask, reward=head, k=k, w=2.0, max_new_tokens=1)
     # expected distribution from the reference's scores
-    from rgk.args.search import _positions
+    from rgk.hf import positions as _positions
     from rgk.ops import reference
     with torch.no_grad():
         logits = lm(ids, attention_mask=mask, position_ids=_positions(mask)).logits[:, -1]
@@ -158,7 +158,7 @@ def test_fork_cache_matches_full_recompute():
     ids, mask = prompts(lens=(4, 9, 1))
     B = ids.shape[0]
     cache = ForkCache.for_model(lm, B, 20, 5)
-    from rgk.args.search import _positions
+    from rgk.hf import positions as _positions
     with torch.no_grad():
         cache.extend(dec, ids, mask)
         cand = torch.randint(6, V, (B, 5))
@@ -231,7 +231,7 @@ def test_processor_sampling_scores(models):
     lm, rm, head, _ = models
     ids, mask = prompts()
     proc = ARGSLogitsProcessor(RewardModel(rm, head), k=4, w=1.5, temperature=0.5, attention_mask=mask)
-    from rgk.args.search import _positions
+    from rgk.hf import positions as _positions
     with torch.no_grad():
         logits = lm(ids, attention_mask=mask, position_ids=_positions(mask)).logits[:, -1]
     out = proc(ids, logits.clone())

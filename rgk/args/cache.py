@@ -22,7 +22,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from rgk import ops
+from rgk import hf, ops
 
 ATTN_NAME = "rgk_fork"
 
@@ -46,12 +46,19 @@ def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, 
         raise RuntimeError("attention 'rgk_fork' needs the `rgk_fork=ForkInfo(...)` forward kwarg; "
                            "run candidate passes through ForkCache.fork(...)")
     m, k = rgk_fork.max_len, query.shape[2]
+    # start/end were validated once per step by ForkCache.fork: no per-layer host checks
     out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
-                             rgk_fork.start, rgk_fork.end, scaling)
+                             rgk_fork.start, rgk_fork.end, scaling, **_NO_CHECK)
     return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTN_NAME, rgk_fork_attention)
+
+try:  # `check=False`: the op's per-call value checks are done once per step by ForkCache.fork
+    import inspect as _inspect
+    _NO_CHECK = {"check": False} if "check" in _inspect.signature(ops.fork_attention).parameters else {}
+except (TypeError, ValueError):
+    _NO_CHECK = {}
 
 
 class _ForkLayer(CacheLayerMixin):
@@ -62,6 +69,7 @@ class _ForkLayer(CacheLayerMixin):
     def __init__(self, owner: "ForkCache"):
         super().__init__()
         self.owner = owner
+        self.writes = 0   # forwards that reached this layer (checked: a cache the model ignored stays 0)
 
     def lazy_initialization(self, key_states, value_states):
         o = self.owner
@@ -79,6 +87,7 @@ class _ForkLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         o = self.owner
         n = key_states.shape[-2]
+        self.writes += 1
         if key_states.shape[0] != o.n_rows:
             raise ValueError(f"input batch size {key_states.shape[0]} does not match the cache's "
                              f"batch_size {o.n_rows}")
@@ -122,12 +131,12 @@ class ForkCache(Cache):
         self.length = 0
         self.mode = "prefix"
         self.start: torch.Tensor | None = None
+        self._fork_info = None
         super().__init__(layers=[_ForkLayer(self) for _ in range(num_layers)])
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int, k: int) -> "ForkCache":
-        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        return cls(cfg.num_hidden_layers, batch_size, max_len, k)
+        return cls(hf.text_config(model).num_hidden_layers, batch_size, max_len, k)
 
     def _check_rows(self, name: str, t: torch.Tensor) -> None:
         if t.shape[0] != self.n_rows:
@@ -153,12 +162,20 @@ class ForkCache(Cache):
             self._mask = attention_mask.long()
         else:
             self._mask = torch.cat([self._mask, attention_mask.long()], dim=-1)
-        pos = (self._mask.cumsum(-1) - 1).clamp(min=0)[:, -n:]
+        pos = hf.positions(self._mask)[:, -n:]
         self.mode = "prefix"
-        out = decoder(input_ids=input_ids, attention_mask=self._mask, position_ids=pos,
-                      past_key_values=self, use_cache=True)
+        before = [layer.writes for layer in self.layers]
+        out = decoder(input_ids=input_ids, attention_mask=self._mask, position_ids=pos, use_cache=True,
+                      **hf.cache_kw(decoder, self))
+        self._check_written(decoder, before, "ForkCache.extend")
         self.length += n
         return out.last_hidden_state
+
+    def _check_written(self, decoder, before, where):
+        if any(layer.writes == b for layer, b in zip(self.layers, before)):
+            raise RuntimeError(f"{where}: the model's forward left the ForkCache empty (a layer was never "
+                               f"updated): it did not take the cache under the name it was passed "
+                               f"({hf.cache_kwarg(decoder)}=), or the cache's num_layers does not match the model")
 
     def fork(self, decoder, candidates: torch.Tensor) -> torch.Tensor:
         """Run the k candidates [B, k] of every row as the next token after the prefix;
@@ -169,17 +186,23 @@ class ForkCache(Cache):
         if self.start is None or self.length == 0:
             raise RuntimeError("ForkCache.fork: the prefix is empty; call extend(...) with the prompt first")
         dev = candidates.device
-        npos = (self.length - self.start.long()).to(dev)
+        if self._fork_info is None or self._fork_info[0] != self.length:
+            # start <= end = length <= max_len holds by construction; computed once per length
+            start = self.start.to(dev)
+            end = torch.full_like(start, self.length)
+            npos = (self.length - self.start.long()).to(dev)
+            self._fork_info = (self.length, ForkInfo(self.max_len, start, end), npos)
+        _, info, npos = self._fork_info
         pos = npos[:, None].expand_as(candidates)
-        end = torch.full_like(self.start, self.length)
-        info = ForkInfo(self.max_len, self.start.to(dev), end.to(dev))
         self.mode = "fork"
+        before = [layer.writes for layer in self.layers]
         try:
             with attn_implementation(decoder, ATTN_NAME):
-                out = decoder(input_ids=candidates, position_ids=pos, past_key_values=self,
-                              use_cache=True, rgk_fork=info)
+                out = decoder(input_ids=candidates, position_ids=pos, use_cache=True, rgk_fork=info,
+                              **hf.cache_kw(decoder, self))
         finally:
             self.mode = "prefix"
+        self._check_written(decoder, before, "ForkCache.fork")
         return out.last_hidden_state
 
     def commit(self, winner: torch.Tensor) -> None:

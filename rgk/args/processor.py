@@ -7,17 +7,21 @@ Greedy search then picks the ARGS argmax; sampling (do_sample=True, temperature=
 `generate`) draws from softmax(score / temperature) over the k candidates — ARGS's
 stochastic mode.
 
-A `RewardModel` keeps a prefix `ForkCache` between calls.  Its state is keyed on the
-prefix it has seen: when the new `input_ids` extend it by one token, the processor
-commits that token — the candidate slot it came from, or, if another processor or
-`generate` (pad after EOS) changed it, a one-token forward of what was actually appended.
-When `input_ids` do not extend the seen prefix (a new `generate` call, assisted decoding
-rolling back), it rebuilds the cache.  Beam search is refused (rows are permuted between
-calls and scores are cumulative log-probs, which ARGS's score is not defined on).
+The reward source's session (a `RewardModel`'s prefix `ForkCache`) is kept between calls
+and keyed on the prefix it has seen: when the new `input_ids` extend it by one token, the
+processor commits that token — the candidate slot it came from, or, if another processor
+or `generate` (pad after EOS) changed it, a one-token forward of what was actually
+appended.  When `input_ids` do not extend the seen prefix (a new `generate` call,
+assisted decoding rolling back), it rebuilds.  Beam search is refused at every rebuild
+(rows are permuted between calls and scores are cumulative log-probs, which ARGS's score
+is not defined on); continuous batching is declared unsupported.
 
-Padding: `generate` does not hand processors the attention mask.  Pass the prompt's
-`attention_mask` to the constructor (or call `set_prompt_mask`); without it, a row's
-leading run of `pad_token_id` is taken as left padding.
+Padding.  `generate` hands processors no attention mask.  At each rebuild the processor
+takes, in this order: the mask `generate` itself is using (read from the calling
+`generate` frame, so a reused processor follows each call's own padding); the
+`attention_mask` given to the constructor or `set_prompt_mask` (only for the prompts it
+was given with: a mask left over from another call is refused with a clear error); the
+leading run of `pad_token_id` in each row.
 """
 from __future__ import annotations
 
@@ -28,125 +32,167 @@ import torch
 from transformers import LogitsProcessor
 
 from rgk import ops
-from rgk.ops import reference
-from rgk.args.cache import ForkCache
-from rgk.args.rewards import reward_kind
-from rgk.args.search import check_args_params, head_params, row_lists
+from rgk.args.rewards import as_source
+from rgk.args.search import as_int, check_args_params, check_mask, infer_left_padding, select
+
+
+def _generate_frames(depth: int = 12):
+    """The locals of the `generate` machinery frames above the caller (best effort)."""
+    frame = inspect.currentframe()
+    out = []
+    for _ in range(depth):
+        frame = frame.f_back if frame is not None else None
+        if frame is None:
+            break
+        if frame.f_code.co_filename.replace("\\", "/").endswith("generation/utils.py"):
+            out.append((frame.f_code.co_name, frame.f_locals))
+    return out
 
 
 class ARGSLogitsProcessor(LogitsProcessor):
     """ARGS inside `generate`.
 
-    reward: RewardModel(model, head) (cached, fork attention) or TextReward(fn, tokenizer).
-        For a shared-backbone head, pass RewardModel(lm, head): inside `generate` the
-        candidates' hidden states need their own forward anyway.
+    reward: RewardModel(model, head=None) (cached, fork attention; a sequence classifier
+        works directly) or TextReward(fn, tokenizer).  For a shared-backbone head, pass
+        RewardModel(lm, head): inside `generate` the candidates' hidden states need their
+        own forward anyway.
     k, w, temperature: ARGS parameters (temperature 0 = greedy scores, use with greedy search).
-    batch_size: expected number of rows (checked every call); None: taken from the first call.
-    attention_mask: the prompt's mask [B, T] (recommended with left padding).
-    pad_token_id: used to infer left padding when no mask is given, and as the token
-        `generate` appends to finished rows.
-    max_cache_len: capacity of the reward model's prefix cache (prompt + new tokens).
+    batch_size: expected number of rows (checked every call); None: taken from each call.
+    attention_mask: the prompt's mask [B, T] (used when generate's own mask is not found).
+    pad_token_id: used to infer left padding when no mask is known.
+    max_cache_len: capacity of the reward model's prefix cache (prompt + new tokens);
+        None: the prompt plus generate's max_new_tokens (2048 when that is not known).
     """
+
+    supports_continuous_batching = False
 
     def __init__(self, reward, *, k: int = 10, w: float = 1.5, temperature: float = 0.0,
                  batch_size: int | None = None, attention_mask: torch.Tensor | None = None,
-                 pad_token_id: int | None = None, max_cache_len: int = 2048):
-        kind = reward_kind(reward)
-        if kind == "shared":
+                 pad_token_id: int | None = None, max_cache_len: int | None = None):
+        src = as_source(reward)
+        if src.uses_lm_hidden:
             raise TypeError("reward: inside generate a bare RewardHead needs its backbone; "
                             "pass RewardModel(model, head) with the LM itself as the model")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: expected an int >= 1, got {k!r}")
-        check_args_params(k=k, w=w, temperature=temperature, vocab_size=max(k, 1))
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-        if not isinstance(max_cache_len, int) or max_cache_len < 2:
-            raise ValueError(f"max_cache_len: expected an int >= 2, got {max_cache_len!r}")
-        self.reward, self.kind = reward, kind
-        self.k, self.w, self.temperature = k, float(w), float(temperature)
+        self.k, self.w, self.temperature = check_args_params(k=k, w=w, temperature=temperature, vocab_size=None)
+        if batch_size is not None:
+            batch_size = as_int("batch_size", batch_size, 1)
+        if max_cache_len is not None:
+            max_cache_len = as_int("max_cache_len", max_cache_len, 2)
+        if pad_token_id is not None:
+            pad_token_id = as_int("pad_token_id", pad_token_id, 0)
+        self.reward = src
         self.batch_size, self.pad_token_id, self.max_cache_len = batch_size, pad_token_id, max_cache_len
-        self.prompt_mask = attention_mask
         self.generator: torch.Generator | None = None
+        self.session = None
         self._seen: torch.Tensor | None = None
-        self._checked_caller = False
-        self.rebuilds = 0        # how often the cache was rebuilt (a new prompt or a rollback)
+        self._cand = None
+        self.rebuilds = 0        # how often the state was rebuilt (a new prompt or a rollback)
         self.extra_forwards = 0  # one-token forwards for appended tokens that were not candidates
+        self.set_prompt_mask(attention_mask)
 
     def set_prompt_mask(self, attention_mask: torch.Tensor | None) -> None:
+        """The prompt mask for the next generate call (see the module docstring)."""
+        if attention_mask is not None and (not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2):
+            raise ValueError("attention_mask: expected a [batch, prompt_len] tensor")
         self.prompt_mask = attention_mask
+        self._mask_prompt: torch.Tensor | None = None   # the prompt ids the mask was first used with
         self._seen = None
 
     # ------------------------------------------------------------------ state
-    def _refuse_beam_search(self) -> None:
-        frame = inspect.currentframe()
-        for _ in range(8):
-            frame = frame.f_back if frame is not None else None
-            if frame is None:
-                break
-            if "beam" in frame.f_code.co_name:
-                raise ValueError("ARGSLogitsProcessor does not support beam search (num_beams > 1): "
-                                 "use greedy search or sampling")
-
-    def _mask_for(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _mask_for(self, input_ids: torch.Tensor, frames) -> torch.Tensor:
         B, T = input_ids.shape
+        dev = input_ids.device
+        for _, loc in frames:
+            mk = loc.get("model_kwargs")
+            if isinstance(mk, dict) and "attention_mask" in mk:
+                m = mk["attention_mask"]
+                if m is None:           # generate dropped an all-ones mask
+                    return torch.ones_like(input_ids)
+                if isinstance(m, torch.Tensor) and m.dim() == 2 and m.shape[0] == B and m.shape[1] >= T:
+                    return check_mask(m[:, :T].to(dev))
         m = self.prompt_mask
         if m is not None:
-            if m.shape[0] != B or m.shape[1] > T:
-                raise ValueError(f"attention_mask: the prompt mask has shape {tuple(m.shape)} but generate "
-                                 f"gave input_ids of shape {tuple(input_ids.shape)}")
-            m = m.to(input_ids.device).long()
-            return torch.cat([m, torch.ones(B, T - m.shape[1], dtype=torch.long, device=input_ids.device)], 1)
-        if self.pad_token_id is None:
-            return torch.ones_like(input_ids)
-        is_pad = (input_ids == self.pad_token_id).long()
-        lead = is_pad.cumprod(-1)
-        return 1 - lead
+            P = m.shape[1]
+            if m.shape[0] != B or P > T:
+                raise ValueError(f"attention_mask: the processor's prompt mask has shape {tuple(m.shape)} but "
+                                 f"generate gave input_ids of shape {tuple(input_ids.shape)}; call "
+                                 "set_prompt_mask(mask) with each generate call's own mask")
+            prompt = input_ids[:, :P]
+            if self._mask_prompt is None:
+                self._mask_prompt = prompt.clone()
+            elif not torch.equal(self._mask_prompt, prompt):
+                raise ValueError("attention_mask: the processor's prompt mask was given for other prompts than "
+                                 "this generate call's; call set_prompt_mask(mask) before each generate call")
+            m = m.to(dev).long()
+            return check_mask(torch.cat([m, torch.ones(B, T - P, dtype=torch.long, device=dev)], 1))
+        return check_mask(infer_left_padding(input_ids, self.pad_token_id))
+
+    def _capacity(self, T: int, frames) -> int:
+        want = None
+        for _, loc in frames:
+            gc = loc.get("generation_config")
+            if gc is not None and getattr(gc, "max_length", None):
+                want = int(gc.max_length)
+                break
+        if self.max_cache_len is None:
+            return max(want if want is not None else T + 2048, T + 1)
+        if want is not None and want > self.max_cache_len:
+            raise ValueError(f"max_cache_len: {self.max_cache_len} cannot hold this generate call's "
+                             f"{want} tokens (prompt + max_new_tokens); pass max_cache_len >= {want} or None")
+        if T >= self.max_cache_len:
+            raise ValueError(f"max_cache_len: the prompt ({T} tokens) does not fit max_cache_len={self.max_cache_len}")
+        return self.max_cache_len
 
     def _rebuild(self, input_ids: torch.Tensor) -> None:
-        B, T = input_ids.shape
-        if T >= self.max_cache_len:
-            raise ValueError(f"input_ids: the prompt ({T} tokens) does not fit max_cache_len={self.max_cache_len}")
-        mask = self._mask_for(input_ids)
-        if self.kind == "model":
-            self.cache = ForkCache.for_model(self.reward.model, B, self.max_cache_len, self.k)
-            self.cache.extend(self.reward.decoder, input_ids, mask)
-            self._params = head_params(self.reward.head, input_ids.device)
-        else:
-            self._prompts = row_lists(input_ids, mask)
-            self._gen = [[] for _ in range(B)]
+        frames = _generate_frames()
+        for name, loc in frames:
+            gc = loc.get("generation_config")
+            if "beam" in name or (gc is not None and (getattr(gc, "num_beams", 1) or 1) > 1):
+                raise ValueError("ARGSLogitsProcessor does not support beam search (num_beams > 1): "
+                                 "use greedy search or sampling")
+        mask = self._mask_for(input_ids, frames)
+        cap = self._capacity(input_ids.shape[1], frames)
+        if self.session is not None:
+            self.session.close()
+        self.session = self.reward.open(None, input_ids, mask, capacity=cap, k=self.k)
+        self._cap, self._len = cap, input_ids.shape[1]
         self._cand = None
         self.rebuilds += 1
 
     def _append(self, token: torch.Tensor) -> None:
-        if self.kind == "text":
-            for b, t in enumerate(token.tolist()):
-                self._gen[b].append(t)
-            return
-        if self.cache.length + 1 > self.max_cache_len:
-            raise ValueError(f"max_cache_len: {self.max_cache_len} tokens are not enough for this generation")
+        if self._len + 1 > self._cap:
+            raise ValueError(f"max_cache_len: {self._cap} tokens are not enough for this generation")
         hit = self._cand == token[:, None]
         found = hit.any(-1)
+        # rows generate has finished get pad appended whatever the scores: their state no longer
+        # matters, so they commit any slot instead of forcing a one-token forward for the batch
+        for _, loc in _generate_frames():
+            unfinished = loc.get("unfinished_sequences")
+            if isinstance(unfinished, torch.Tensor) and unfinished.shape == found.shape:
+                found = found | (unfinished.to(found.device) == 0)
+                break
         if bool(found.all()):
-            self.cache.commit(hit.long().argmax(-1))
+            self.session.commit(hit.long().argmax(-1), token)
         else:
-            self.cache.extend(self.reward.decoder, token[:, None])
+            self.session.append(token)
             self.extra_forwards += 1
+        self._len += 1
 
     # ------------------------------------------------------------------ call
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if not self._checked_caller:
-            self._refuse_beam_search()
-            self._checked_caller = True
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+            raise ValueError("scores: expected a [batch, vocab] tensor")
         B, V = scores.shape
+        if input_ids.shape[0] != B:
+            raise ValueError(f"input_ids: {input_ids.shape[0]} rows but scores has {B}")
         if self.batch_size is not None and B != self.batch_size:
             raise ValueError(f"batch size mismatch: generate passed {B} rows, the processor was built for "
                              f"batch_size={self.batch_size} (num_return_sequences > 1 and beam search are "
                              "not supported)")
         if self.k > V:
             raise ValueError(f"k: expected at most the vocabulary size {V}, got {self.k}")
-        if self.kind == "model" and self.reward.vocab_size != V:
-            raise ValueError(f"reward: the reward model's vocabulary ({self.reward.vocab_size} tokens) differs "
-                             f"from the LM's ({V}); use TextReward for a different tokenizer")
+        if hasattr(self.reward, "check_vocab"):
+            self.reward.check_vocab(V)
         seen = self._seen
         if seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1 \
                 and self._cand is not None and torch.equal(input_ids[:, :-1], seen):
@@ -156,12 +202,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._seen = input_ids.clone()
 
         logp, ids = ops.topk_logprobs(scores, self.k)
-        if self.kind == "model":
-            hc = self.cache.fork(self.reward.decoder, ids)
-            _, _, score, _ = ops.reward_select(hc, logp, ids, *self._params, reward_weight=self.w)
-        else:
-            r = self.reward.score_candidates(self._prompts, self._gen, ids)
-            _, _, score = reference.select_from_rewards(logp, ids, r, reward_weight=self.w)
+        _, _, score, _ = select(self.session.score(ids), logp, ids, w=self.w, temperature=0.0, uniform=None)
         self._cand = ids
         if self.temperature > 0:
             score = score / self.temperature

@@ -2,29 +2,31 @@
 
 At step t, with context x and generated prefix y<t: the base LM's top-k tokens by
 probability are scored  score(v) = log p_LM(v | x, y<t) + w · r([x, y<t, v]); greedy
-mode (temperature 0) takes the argmax (lowest candidate index on ties), stochastic mode
-samples from softmax(score / temperature) over the k candidates with one U[0,1) draw per
-row (drawn from `generator`, so both loops pick the same tokens for the same seed).
+mode (temperature 0) takes the argmax, stochastic mode samples from
+softmax(score / temperature) over the k candidates with one U[0,1) draw per row (drawn
+from `generator`, so both loops pick the same tokens for the same seed).  Ties, NaN and
+inf follow the one rule documented in `rgk.ops` (ties go to the lower vocabulary index,
+so k = 1 or w = 0 is exactly HF greedy decoding).
 
-`args_generate` costs, per token: shared backbone, one k-token forward of the LM; separate
-reward model, one 1-token LM forward + one k-token reward-model forward against its
-prefix cache (fork attention, no copies); text reward, one LM forward + the callable.
+Both loops are written once against the reward-source interface of `rgk.args.rewards`.
+`args_generate` costs, per token: shared backbone, one k-token forward of the LM;
+separate reward model, one 1-token LM forward + one k-token reward-model forward against
+its prefix cache (fork attention, no copies); text reward, one LM forward + the callable.
 `naive_args_generate` re-runs everything over every full candidate sequence each step:
 it is the oracle of the tests and the baseline of the benchmarks.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from rgk import ops
-from rgk.ops import reference
+from rgk import hf, ops
 from rgk.args.cache import ForkCache
-from rgk.args.rewards import reward_kind
-from rgk.models import RewardHead, final_hidden
+from rgk.args.rewards import RewardSource, Scores, as_source, lm_vocab
 
 
 @dataclass
@@ -35,66 +37,118 @@ class ARGSOutput:
     scores: torch.Tensor        # [B, n] ARGS score of the chosen token
 
 
-def _lm_vocab(model) -> int:
-    return model.get_output_embeddings().weight.shape[0]
+# ----------------------------------------------------------------------------- argument checks
+def as_int(name: str, v, lo: int | None = None, hi: int | None = None) -> int:
+    """An int from an int, numpy integer or 0-d integer tensor (bool refused)."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point() and v.dtype != torch.bool:
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{name}: expected an int in {rng}, got {v}")
+    return v
 
 
-def check_args_params(*, k, w, temperature, vocab_size: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= vocab_size:
-        raise ValueError(f"k: expected an int in [1, vocab size {vocab_size}], got {k!r}")
-    if not isinstance(w, (int, float)) or not math.isfinite(w):
-        raise ValueError(f"w: expected a finite number, got {w!r}")
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got {temperature!r}")
+def as_float(name: str, v, *, lo: float | None = None) -> float:
+    """A finite float from a number, numpy scalar or 0-d tensor (bool refused)."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype != torch.bool:
+        v = v.item()
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v) or (lo is not None and v < lo):
+        raise ValueError(f"{name}: expected a finite number{'' if lo is None else f' >= {lo}'}, got {v!r}")
+    return v
 
 
-def check_reward(reward, model) -> str:
-    kind = reward_kind(reward)
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if kind == "shared" and reward.config.hidden_size != cfg.hidden_size:
-        raise ValueError(f"reward: head hidden_size {reward.config.hidden_size} does not match the LM's "
-                         f"hidden_size {cfg.hidden_size}")
-    if kind == "model" and reward.vocab_size != _lm_vocab(model):
-        raise ValueError(f"reward: the reward model's vocabulary ({reward.vocab_size} tokens) differs from the "
-                         f"LM's ({_lm_vocab(model)}); the cached path needs the same tokenizer — wrap a "
-                         "text-level reward in TextReward(fn, tokenizer) instead")
-    return kind
+def check_args_params(*, k, w, temperature, vocab_size: int | None):
+    """(k, w, temperature) normalised to (int, float, float), or a ValueError/TypeError naming one."""
+    if vocab_size is None:
+        k = as_int("k", k, 1)
+    else:
+        k = as_int("k", k, 1, vocab_size)
+    w = as_float("w", w)
+    temperature = as_float("temperature", temperature, lo=0.0)
+    return k, w, temperature
 
 
-def _check_inputs(input_ids, attention_mask, max_new_tokens):
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+def check_source(reward, model) -> RewardSource:
+    src = as_source(reward)
+    src.check_lm(model)
+    return src
+
+
+def infer_left_padding(input_ids: torch.Tensor, pad_token_id) -> torch.Tensor:
+    """Mask [B, T] that treats each row's leading run of `pad_token_id` as left padding."""
+    if pad_token_id is None:
+        return torch.ones_like(input_ids)
+    return 1 - (input_ids == int(pad_token_id)).long().cumprod(-1)
+
+
+def check_mask(mask: torch.Tensor, name: str = "attention_mask") -> torch.Tensor:
+    """A left-padding mask as int64: 0/1 values, every row has a real token, no 0 after a 1."""
+    if mask.dtype == torch.bool:
+        mask = mask.long()
+    if mask.is_floating_point() or mask.is_complex():
+        raise TypeError(f"{name}: expected an integer or bool tensor of 0/1, got {mask.dtype}")
+    mask = mask.long()
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError(f"{name}: expected only 0 and 1 values")
+    if (mask.sum(-1) == 0).any():
+        raise ValueError(f"{name}: row {int((mask.sum(-1) == 0).nonzero()[0])} has no real token")
+    right = (mask[:, 1:] < mask[:, :-1]).any(-1)
+    if right.any():
+        raise ValueError(f"{name}: row {int(right.nonzero()[0])} is right-padded (a 0 after a real token); "
+                         "ARGS needs left padding: set tokenizer.padding_side = 'left'")
+    return mask
+
+
+def check_inputs(input_ids, attention_mask, max_new_tokens, pad_token_id=None):
+    """Validated (mask [B, T] int64, max_new_tokens).  Without a mask, each row's leading
+    run of `pad_token_id` is taken as left padding (HF generate infers the same)."""
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError("input_ids: expected a LongTensor [batch, prompt_len]")
+    if input_ids.dtype != torch.long:
+        raise TypeError(f"input_ids: expected dtype int64 (torch.long), got {input_ids.dtype}")
+    if input_ids.shape[0] == 0:
+        raise ValueError("input_ids: the batch is empty")
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids: the prompt is empty")
     if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+        attention_mask = infer_left_padding(input_ids, pad_token_id)
+    if not isinstance(attention_mask, torch.Tensor):
+        raise TypeError(f"attention_mask: expected a tensor, got {type(attention_mask).__name__}")
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask: expected shape {tuple(input_ids.shape)} (same as input_ids), "
                          f"got {tuple(attention_mask.shape)}")
-    if (attention_mask.long().sum(-1) == 0).any():
-        raise ValueError("attention_mask: a row has no real token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
-    return attention_mask.long()
+    mask = check_mask(attention_mask.to(input_ids.device))
+    max_new_tokens = as_int("max_new_tokens", max_new_tokens, 1)
+    return mask, max_new_tokens
 
 
-def _eos_pad(model, eos_token_id, pad_token_id, device):
+def eos_pad(model, eos_token_id, pad_token_id, device):
+    """(eos ids tensor, pad id) from the arguments, else the model's generation config."""
     gc = getattr(model, "generation_config", None)
     if eos_token_id is None and gc is not None:
         eos_token_id = gc.eos_token_id
-    if pad_token_id is None:
-        pad_token_id = getattr(gc, "pad_token_id", None) if gc is not None else None
+    if pad_token_id is None and gc is not None:
+        pad_token_id = gc.pad_token_id
     if eos_token_id is None:
         eos = torch.empty(0, dtype=torch.long, device=device)
     else:
         eos = torch.as_tensor(eos_token_id, dtype=torch.long, device=device).flatten()
     if pad_token_id is None:
         pad_token_id = int(eos[0]) if eos.numel() else 0
-    return eos, int(pad_token_id)
+    return eos, as_int("pad_token_id", pad_token_id)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+def _pad_for_mask(model, pad_token_id):
+    if pad_token_id is not None:
+        return pad_token_id
+    gc = getattr(model, "generation_config", None)
+    return getattr(gc, "pad_token_id", None)
 
 
 class _Recorder:
@@ -120,20 +174,81 @@ class _Recorder:
         return ARGSOutput(torch.cat(self.seqs, 1), st(self.r), st(self.lp), st(self.sc))
 
 
-def _uniform(B, temperature, generator, device):
+def uniform_draws(B, temperature, generator, device):
+    """One U[0,1) draw per row (None in greedy mode), from `generator` when given."""
     if temperature == 0:
         return None
     return torch.rand(B, generator=generator, device=generator.device if generator is not None else device).to(device)
 
 
-def head_params(head: RewardHead, device):
-    """The head's (w1, b1, w2, b2) as fp32 on `device`, as `ops.reward_select` takes them."""
-    return [None if p is None else p.detach().float().to(device) for p in head.params()]
+def select(scores: Scores, logp, ids, *, w, temperature, uniform):
+    """(token, index, score, reward) from a session's Scores: one fused launch for hidden + head."""
+    if scores.rewards is not None:
+        r = scores.rewards.float()
+        tok, idx, score = ops.select_from_rewards(logp, ids, r, reward_weight=w, temperature=temperature,
+                                                  uniform=uniform)
+        return tok, idx, score, r
+    return ops.reward_select(scores.hidden, logp, ids, *scores.head, reward_weight=w, temperature=temperature,
+                             uniform=uniform)
 
 
-def row_lists(input_ids, mask):
-    """Each row's real (unpadded) tokens as a list."""
-    return [row[m.bool()].tolist() for row, m in zip(input_ids, mask)]
+# ----------------------------------------------------------------------------- LM drivers
+class _PlainLM:
+    """The LM decoding with its own DynamicCache (separate reward model or text reward)."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+        self.model, self.cache = model, DynamicCache()
+
+    def prefill(self, input_ids, mask):
+        self.mask = mask
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=hf.positions(mask), use_cache=True,
+                         **hf.cache_kw(self.model, self.cache))
+        hf.check_cache_filled(self.cache, input_ids.shape[1], "args_generate (LM prefill)")
+        return out.logits[:, -1].float()
+
+    def fork(self, ids):
+        return None
+
+    def advance(self, index, token):
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
+        n = self.mask.shape[1]
+        out = self.model(input_ids=token[:, None], attention_mask=self.mask,
+                         position_ids=hf.positions(self.mask)[:, -1:], use_cache=True,
+                         **hf.cache_kw(self.model, self.cache))
+        hf.check_cache_filled(self.cache, n, "args_generate (LM step)")
+        return out.logits[:, -1].float()
+
+
+class _ForkLM:
+    """The LM with a ForkCache (shared backbone): the candidates' forward gives both their
+    hidden states (for the head) and, at the winner, the next step's logits."""
+
+    def __init__(self, model, B, cap, k):
+        self.model, self.dec, self.lm_head = model, model.get_decoder(), model.get_output_embeddings()
+        self.cache = ForkCache.for_model(model, B, cap, k)
+
+    def prefill(self, input_ids, mask):
+        return self.lm_head(self.cache.extend(self.dec, input_ids, mask)[:, -1]).float()
+
+    def fork(self, ids):
+        self.hc = self.cache.fork(self.dec, ids)
+        return self.hc
+
+    def advance(self, index, token):
+        self.cache.commit(index)
+        rows = torch.arange(index.shape[0], device=index.device)
+        return self.lm_head(self.hc[rows, index]).float()
+
+
+def _setup(model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id,
+           pad_token_id):
+    mask, max_new_tokens = check_inputs(input_ids, attention_mask, max_new_tokens,
+                                        _pad_for_mask(model, pad_token_id))
+    k, w, temperature = check_args_params(k=k, w=w, temperature=temperature, vocab_size=lm_vocab(model))
+    src = check_source(reward, model)
+    eos, pad = eos_pad(model, eos_token_id, pad_token_id, input_ids.device)
+    return mask, max_new_tokens, k, w, temperature, src, eos, pad
 
 
 @torch.no_grad()
@@ -143,74 +258,39 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
                   progress: bool = False) -> ARGSOutput:
     """ARGS decoding with caches: see the module docstring.
 
-    model: a HF causal LM; input_ids/attention_mask [B, T] left-padded; reward: RewardHead
-    (shared backbone), RewardModel or TextReward.  max_cache_len defaults to T + max_new_tokens.
+    model: a HF causal LM; input_ids/attention_mask [B, T] left-padded (without a mask,
+    each row's leading pad tokens are padding); reward: a RewardHead (shared backbone), a
+    RewardModel, a TextReward or any rgk RewardSource.  max_cache_len (default
+    T + max_new_tokens) must hold the prompt and every new token.  With an ARGRE editor
+    attached to the model, every forward's newest positions are edited — in the candidate
+    pass all k candidates — exactly as in `naive_args_generate`.
     """
-    mask = _check_inputs(input_ids, attention_mask, max_new_tokens)
-    check_args_params(k=k, w=w, temperature=temperature, vocab_size=_lm_vocab(model))
-    kind = check_reward(reward, model)
+    mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
+        model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
     B, T = input_ids.shape
     dev = input_ids.device
-    cap = T + max_new_tokens if max_cache_len is None else max_cache_len
-    if T > cap:
-        raise ValueError(f"input_ids: the prompt ({T} tokens) is longer than max_cache_len={cap}")
-    eos, pad = _eos_pad(model, eos_token_id, pad_token_id, dev)
+    need = T + max_new_tokens
+    cap = need if max_cache_len is None else as_int("max_cache_len", max_cache_len, 1)
+    if cap < need:
+        raise ValueError(f"max_cache_len: {cap} cannot hold the prompt ({T} tokens) plus max_new_tokens="
+                         f"{max_new_tokens}; pass max_cache_len >= {need} (or leave it None)")
     rec = _Recorder(input_ids, eos, pad)
-    lm_head = model.get_output_embeddings()
-    steps = tqdm(range(max_new_tokens), desc="ARGS", disable=not progress, leave=False)
-
-    if kind == "shared":
-        dec = model.get_decoder()
-        cache = ForkCache.for_model(model, B, cap, k)
-        logits = lm_head(cache.extend(dec, input_ids, mask)[:, -1])
-        params = head_params(reward, dev)
-        for _ in steps:
+    lm = _ForkLM(model, B, cap, k) if src.uses_lm_hidden else _PlainLM(model)
+    session = src.open(model, input_ids, mask, capacity=cap, k=k)
+    try:
+        logits = lm.prefill(input_ids, mask)
+        for step in tqdm(range(max_new_tokens), desc="ARGS", disable=not progress, leave=False):
             logp, ids = ops.topk_logprobs(logits, k)
-            hc = cache.fork(dec, ids)
-            u = _uniform(B, temperature, generator, dev)
-            tok, idx, score, r = ops.reward_select(hc, logp, ids, *params, reward_weight=w,
-                                                   temperature=temperature, uniform=u)
-            rec.add(tok, idx, logp, score, r)
-            cache.commit(idx)
-            if rec.done.all() or cache.length >= cap:
+            sc = session.score(ids, lm.fork(ids))
+            u = uniform_draws(B, temperature, generator, dev)
+            tok, idx, score, r = select(sc, logp, ids, w=w, temperature=temperature, uniform=u)
+            tok = rec.add(tok, idx, logp, score, r)
+            if step + 1 == max_new_tokens or bool(rec.done.all()):
                 break
-            logits = lm_head(hc[torch.arange(B, device=dev), idx])
-        return rec.output()
-
-    # separate reward model or text reward: the LM decodes with its own cache
-    from transformers import DynamicCache
-    lm_cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=_positions(mask),
-                past_key_values=lm_cache, use_cache=True)
-    logits = out.logits[:, -1].float()
-    if kind == "model":
-        rm_cache = ForkCache.for_model(reward.model, B, cap, k)
-        rm_cache.extend(reward.decoder, input_ids, mask)
-        params = head_params(reward.head, dev)
-    else:
-        prompts, gen = row_lists(input_ids, mask), [[] for _ in range(B)]
-    for _ in steps:
-        logp, ids = ops.topk_logprobs(logits, k)
-        u = _uniform(B, temperature, generator, dev)
-        if kind == "model":
-            hc = rm_cache.fork(reward.decoder, ids)
-            tok, idx, score, r = ops.reward_select(hc, logp, ids, *params, reward_weight=w,
-                                                   temperature=temperature, uniform=u)
-            rm_cache.commit(idx)
-        else:
-            r = reward.score_candidates(prompts, gen, ids)
-            tok, idx, score = reference.select_from_rewards(logp, ids, r, reward_weight=w,
-                                                            temperature=temperature, uniform=u)
-        tok = rec.add(tok, idx, logp, score, r)
-        if kind == "text":
-            for b, t in enumerate(tok.tolist()):
-                gen[b].append(t)
-        if rec.done.all() or mask.shape[1] >= cap:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=_positions(mask)[:, -1:],
-                    past_key_values=lm_cache, use_cache=True)
-        logits = out.logits[:, -1].float()
+            session.commit(idx, tok)
+            logits = lm.advance(idx, tok)
+    finally:
+        session.close()
     return rec.output()
 
 
@@ -221,33 +301,21 @@ def naive_args_generate(model, input_ids, attention_mask=None, *, reward, k: int
                         progress: bool = False) -> ARGSOutput:
     """Reference ARGS: no caches; every step re-runs the LM over the full sequences and the
     reward over all B·k full candidate sequences.  Same arguments as `args_generate`."""
-    mask = _check_inputs(input_ids, attention_mask, max_new_tokens)
-    check_args_params(k=k, w=w, temperature=temperature, vocab_size=_lm_vocab(model))
-    kind = check_reward(reward, model)
-    B = input_ids.shape[0]
+    mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
+        model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
+    B, T0 = input_ids.shape
     dev = input_ids.device
-    eos, pad = _eos_pad(model, eos_token_id, pad_token_id, dev)
     rec = _Recorder(input_ids, eos, pad)
     seqs = input_ids
     for _ in tqdm(range(max_new_tokens), desc="naive ARGS", disable=not progress, leave=False):
-        logits = model(input_ids=seqs, attention_mask=mask, position_ids=_positions(mask)).logits[:, -1].float()
-        logp, ids = reference.topk_logprobs(logits, k)
+        logits = model(input_ids=seqs, attention_mask=mask, position_ids=hf.positions(mask)).logits[:, -1].float()
+        logp, ids = ops.topk_logprobs(logits, k)
         cand = torch.cat([seqs.repeat_interleave(k, 0), ids.reshape(-1, 1)], 1)
         cmask = torch.cat([mask.repeat_interleave(k, 0), torch.ones(B * k, 1, dtype=mask.dtype, device=dev)], 1)
-        if kind == "shared":
-            h = final_hidden(model, cand, cmask, position_ids=_positions(cmask))[:, -1]
-            r = reward(h)
-        elif kind == "model":
-            r = reward.score(cand, cmask)
-        else:
-            T0 = input_ids.shape[1]
-            prompts = row_lists(cand[:, :T0], cmask[:, :T0])
-            resp = [row.tolist() for row in cand[:, T0:]]
-            r = reward(prompts, resp)
-        r = r.view(B, k).float().to(dev)
-        u = _uniform(B, temperature, generator, dev)
-        tok, idx, score = reference.select_from_rewards(logp, ids, r, reward_weight=w, temperature=temperature,
-                                                        uniform=u)
+        r = src.reference_rewards(model, cand, cmask, T0).reshape(B, k).float().to(dev)
+        u = uniform_draws(B, temperature, generator, dev)
+        tok, idx, score = ops.select_from_rewards(logp, ids, r, reward_weight=w, temperature=temperature,
+                                                  uniform=u)
         tok = rec.add(tok, idx, logp, score, r)
         if rec.done.all():
             break
