@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,14 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from rgk import hf, ops
 
 ATTN_NAME = "rgk_fork"
+_STATE = threading.local()
+
+
+def in_fork_pass() -> bool:
+    """True inside a `ForkCache.fork` forward: every position of that forward is a newest
+    position (the k candidates of each row), which is what hidden-state editors such as
+    ARGRE's must know to edit all of them, as a full recompute would."""
+    return getattr(_STATE, "forking", 0) > 0
 
 
 @dataclass
@@ -196,11 +205,13 @@ class ForkCache(Cache):
         pos = npos[:, None].expand_as(candidates)
         self.mode = "fork"
         before = [layer.writes for layer in self.layers]
+        _STATE.forking = getattr(_STATE, "forking", 0) + 1
         try:
             with attn_implementation(decoder, ATTN_NAME):
                 out = decoder(input_ids=candidates, position_ids=pos, use_cache=True, rgk_fork=info,
                               **hf.cache_kw(decoder, self))
         finally:
+            _STATE.forking -= 1
             self.mode = "prefix"
         self._check_written(decoder, before, "ForkCache.fork")
         return out.last_hidden_state

@@ -113,17 +113,23 @@ def run_generate(ns) -> int:
     if not prompts:
         raise SystemExit("rgk generate: give at least one --prompt or a --prompts-file")
     model, tok = load_model(ns.model)
-    head = RewardHead.load(ns.head)
     if ns.reward_model:
-        rm, _ = load_model(ns.reward_model)
-        reward = RewardModel(rm, head)
+        # a sequence classifier brings its own score head (fork path with the LM's tokenizer,
+        # text pairs with another); a causal LM folder takes --head
+        from rgk.args.rewards import folder_is_classifier, load_reward_model
+        from pathlib import Path
+        if not (Path(ns.reward_model) / "config.json").exists():
+            raise FileNotFoundError(f"--reward-model: {ns.reward_model} is not a model folder (no config.json)")
+        head = None if folder_is_classifier(ns.reward_model) else RewardHead.load(ns.head)
+        reward = load_reward_model(ns.reward_model, tok, head=head)
     else:
+        head = RewardHead.load(ns.head)
         reward = head
     ids, mask = encode_chat(tok, prompts, chat=not ns.no_chat_template)
     gen = torch.Generator().manual_seed(ns.seed)
     t0 = time.perf_counter()
     if ns.mode == "processor":
-        rmod = reward if isinstance(reward, RewardModel) else RewardModel(model, head)
+        rmod = reward if ns.reward_model else RewardModel(model, head)
         proc = ARGSLogitsProcessor(rmod, k=ns.k, w=ns.w, temperature=ns.temperature, attention_mask=mask)
         torch.manual_seed(ns.seed)
         seqs = model.generate(ids, attention_mask=mask, max_new_tokens=ns.max_new_tokens,
@@ -158,7 +164,9 @@ def add_parsers(sub) -> None:
     g = sub.add_parser("generate", help="ARGS generation")
     _common(g)
     g.add_argument("--prompts-file", help="one prompt per line")
-    g.add_argument("--reward-model", help="separate reward model folder (same tokenizer); default: shared backbone")
+    g.add_argument("--reward-model", help="separate reward model folder: a sequence classifier (num_labels=1, its own "
+                   "score head; fork path with the LM's tokenizer, (prompt, response) text pairs with another) or a "
+                   "causal LM with --head; default: --head on the LM's own backbone")
     g.add_argument("--temperature", type=finite_float(0), default=0.0, help="0 = greedy ARGS")
     g.add_argument("--mode", choices=["native", "processor", "naive"], default="native",
                    help="native loop (fork cache), LogitsProcessor inside generate, or the naive reference")

@@ -391,10 +391,20 @@ def tokenizers_agree(rm_tokenizer, lm_tokenizer) -> bool:
     return all(b.get(t) == i for t, i in a.items())
 
 
+def folder_is_classifier(path) -> bool:
+    """Whether a local model folder's config.json names a *ForSequenceClassification."""
+    import json
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    return any(str(a).endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+
+
 def load_reward_model(model, lm_tokenizer, *, tokenizer=None, head: RewardHead | None = None) -> RewardSource:
-    """A reward source for a sequence-classifier reward model (a model or a local folder):
-    the fork path (`RewardModel`) when its tokenizer agrees with the LM's, else
-    `TextReward.from_classifier` on (prompt, response) pairs."""
+    """A reward source for a reward model given as a model or a local folder.
+
+    A sequence classifier (num_labels=1) uses its own `score` head: the fork path
+    (`RewardModel`) when its tokenizer agrees with the LM's on every LM token (a superset
+    is fine), else `TextReward.from_classifier` on (prompt, response) pairs.  A causal LM
+    needs an rgk `head` and the LM's tokenizer."""
     if isinstance(model, (str, os.PathLike)):
         p = Path(model)
         if not p.is_dir():
@@ -405,9 +415,15 @@ def load_reward_model(model, lm_tokenizer, *, tokenizer=None, head: RewardHead |
             from transformers import AutoTokenizer
             try:
                 tokenizer = AutoTokenizer.from_pretrained(p)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, TypeError) as e:
                 raise FileNotFoundError(f"reward_model: {p} holds no loadable tokenizer ({e})") from None
-        model = _load_model_folder(p, classifier=head is None)
+        classifier = folder_is_classifier(p)
+        if classifier and head is not None:
+            raise ValueError(f"head: {p} is a sequence classifier with its own score head; give no head")
+        if not classifier and head is None:
+            raise ValueError(f"reward_model: {p} is not a sequence classifier (no *ForSequenceClassification in its "
+                             "config's architectures); give an rgk reward head for it")
+        model = _load_model_folder(p, classifier=classifier)
     if tokenizer is None:
         raise ValueError("tokenizer: the reward model's tokenizer is required to choose the fork or the text path")
     if tokenizers_agree(tokenizer, lm_tokenizer):
@@ -427,6 +443,6 @@ def as_source(reward) -> RewardSource:
                     f"a TextReward(fn, tokenizer) or another rgk RewardSource, got {type(reward).__name__}")
 
 
-__all__ = ["Scores", "RewardSource", "Session", "SharedHead", "RewardModel", "TextReward", "load_reward_model",
+__all__ = ["Scores", "RewardSource", "Session", "SharedHead", "RewardModel", "TextReward", "load_reward_model", "folder_is_classifier",
            "tokenizers_agree", "as_source", "head_params", "row_lists", "final_hidden", "decoder_of"]
 
