@@ -12,6 +12,15 @@
   its row's prefix (read once) plus its own slot, not to the other candidates.
 - `commit(winner)` appends the chosen candidate's slot to the prefix: one
   [B, Hkv, 1, D] copy per layer, on device, no host sync.
+
+Static state.  Besides the host-side `length` (advanced deterministically, never read back
+from the device), the cache keeps its positions as device tensors updated in place —
+`start` and `end` (int32 [B]), `pos` (int64 [1]) and a full-capacity mask — so a fork and
+a commit have fixed shapes and read no Python number: the step of rgk's decode loop
+(`rgk.args.decode`) is one static-shape function, compiled with
+`torch.compile(fullgraph=True)` or captured in a CUDA graph.  In the fork pass the model's
+mask is a 1-element 4-D placeholder (HF returns a 4-D mask as is; `rgk_fork` masks by
+start/end itself), so no mask is built per step.
 """
 from __future__ import annotations
 
@@ -96,23 +105,31 @@ class _ForkLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         o = self.owner
         n = key_states.shape[-2]
+        if o.mode == "fork":
+            if not o.static:
+                self.writes += 1
+                if key_states.shape[0] != o.n_rows:
+                    raise ValueError(f"input batch size {key_states.shape[0]} does not match the cache's "
+                                     f"batch_size {o.n_rows}")
+                if n > o.k:
+                    raise ValueError(f"{n} candidates given but the cache has k={o.k} candidate slots")
+            self.keys[:, :, o.max_len:o.max_len + n] = key_states
+            self.values[:, :, o.max_len:o.max_len + n] = value_states
+            return self.keys, self.values
         self.writes += 1
         if key_states.shape[0] != o.n_rows:
             raise ValueError(f"input batch size {key_states.shape[0]} does not match the cache's "
                              f"batch_size {o.n_rows}")
-        if o.mode == "fork":
-            if n > o.k:
-                raise ValueError(f"{n} candidates given but the cache has k={o.k} candidate slots")
-            self.keys[:, :, o.max_len:o.max_len + n] = key_states
-            self.values[:, :, o.max_len:o.max_len + n] = value_states
-            return self.keys, self.values
         L = o.length
         self.keys[:, :, L:L + n] = key_states
         self.values[:, :, L:L + n] = value_states
         return self.keys[:, :, :L + n], self.values[:, :, :L + n]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.owner.length + query_length, 0
+        o = self.owner
+        if o.mode == "fork":
+            return o.max_len + o.k, 0
+        return o.length + query_length, 0
 
     def get_seq_length(self) -> int:
         return self.owner.length
@@ -120,10 +137,10 @@ class _ForkLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.max_len
 
-    def commit(self, rows: torch.Tensor, slots: torch.Tensor, pos: int) -> None:
+    def commit(self, rows: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor) -> None:
         src = self.owner.max_len + slots
-        self.keys[:, :, pos] = self.keys[rows, :, src]
-        self.values[:, :, pos] = self.values[rows, :, src]
+        self.keys.index_copy_(2, pos, self.keys[rows, :, src].unsqueeze(2))
+        self.values.index_copy_(2, pos, self.values[rows, :, src].unsqueeze(2))
 
 
 class ForkCache(Cache):
@@ -139,8 +156,12 @@ class ForkCache(Cache):
         self.n_rows, self.max_len, self.k = batch_size, max_len, k
         self.length = 0
         self.mode = "prefix"
-        self.start: torch.Tensor | None = None
-        self._fork_info = None
+        self.static = False      # set by the decode loop: no Python-side checks in fork/commit
+        self.start: torch.Tensor | None = None     # int32 [B] first real position of each row
+        self.end: torch.Tensor | None = None       # int32 [B] current length (same for every row)
+        self.pos: torch.Tensor | None = None       # int64 [1] current length
+        self._mask_full: torch.Tensor | None = None  # int64 [B, max_len]
+        self._info: ForkInfo | None = None
         super().__init__(layers=[_ForkLayer(self) for _ in range(num_layers)])
 
     @classmethod
@@ -166,18 +187,24 @@ class ForkCache(Cache):
         if attention_mask is None:
             attention_mask = torch.ones(B, n, dtype=torch.long, device=dev)
         self._check_rows("attention_mask", attention_mask)
+        L = self.length
         if self.start is None:
-            self.start = (n - attention_mask.long().sum(-1)).to(torch.int32)
-            self._mask = attention_mask.long()
-        else:
-            self._mask = torch.cat([self._mask, attention_mask.long()], dim=-1)
-        pos = hf.positions(self._mask)[:, -n:]
+            self.start = (n - attention_mask.long().sum(-1)).to(torch.int32).to(dev)
+            self.end = torch.zeros(B, dtype=torch.int32, device=dev)
+            self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+            self._mask_full = torch.ones(B, self.max_len, dtype=torch.long, device=dev)
+            self._info = ForkInfo(self.max_len, self.start, self.end)
+        self._mask_full[:, L:L + n] = attention_mask.long()
+        mask = self._mask_full[:, :L + n]
+        pos = hf.positions(mask)[:, -n:]
         self.mode = "prefix"
         before = [layer.writes for layer in self.layers]
-        out = decoder(input_ids=input_ids, attention_mask=self._mask, position_ids=pos, use_cache=True,
+        out = decoder(input_ids=input_ids, attention_mask=mask, position_ids=pos, use_cache=True,
                       **hf.cache_kw(decoder, self))
         self._check_written(decoder, before, "ForkCache.extend")
         self.length += n
+        self.end += n
+        self.pos += n
         return out.last_hidden_state
 
     def _check_written(self, decoder, before, where):
@@ -189,44 +216,79 @@ class ForkCache(Cache):
     def fork(self, decoder, candidates: torch.Tensor) -> torch.Tensor:
         """Run the k candidates [B, k] of every row as the next token after the prefix;
         returns their final hidden states [B, k, d].  The prefix is unchanged."""
-        self._check_rows("candidates", candidates)
-        if candidates.shape[1] > self.k:
-            raise ValueError(f"candidates: {candidates.shape[1]} per row but the cache has k={self.k} slots")
-        if self.start is None or self.length == 0:
-            raise RuntimeError("ForkCache.fork: the prefix is empty; call extend(...) with the prompt first")
-        dev = candidates.device
-        if self._fork_info is None or self._fork_info[0] != self.length:
-            # start <= end = length <= max_len holds by construction; computed once per length
-            start = self.start.to(dev)
-            end = torch.full_like(start, self.length)
-            npos = (self.length - self.start.long()).to(dev)
-            self._fork_info = (self.length, ForkInfo(self.max_len, start, end), npos)
-        _, info, npos = self._fork_info
-        pos = npos[:, None].expand_as(candidates)
+        if not self.static:
+            self._check_rows("candidates", candidates)
+            if candidates.shape[1] > self.k:
+                raise ValueError(f"candidates: {candidates.shape[1]} per row but the cache has k={self.k} slots")
+            if self.start is None or self.length == 0:
+                raise RuntimeError("ForkCache.fork: the prefix is empty; call extend(...) with the prompt first")
+            if self.length >= self.max_len + 1:
+                raise RuntimeError("ForkCache.fork: the cache is full")
+        # start <= end <= max_len by construction: the op's value checks are not needed
+        pos = (self.end - self.start).long()[:, None].expand_as(candidates)
+        # a 4-D mask is returned by HF's mask builders as is; rgk_fork masks by start/end itself
+        placeholder = self.end.new_zeros((1, 1, 1, 1), dtype=torch.bool)
         self.mode = "fork"
-        before = [layer.writes for layer in self.layers]
+        before = None if self.static else [layer.writes for layer in self.layers]
         _STATE.forking = getattr(_STATE, "forking", 0) + 1
         try:
-            with attn_implementation(decoder, ATTN_NAME):
-                out = decoder(input_ids=candidates, position_ids=pos, use_cache=True, rgk_fork=info,
-                              **hf.cache_kw(decoder, self))
+            if self.static:   # the decode loop switched the attention implementation once
+                out = decoder(input_ids=candidates, attention_mask=placeholder, position_ids=pos, use_cache=True,
+                              rgk_fork=self._info, **{self._static_kw: self})
+            else:
+                with attn_implementation(decoder, ATTN_NAME):
+                    out = decoder(input_ids=candidates, attention_mask=placeholder, position_ids=pos,
+                                  use_cache=True, rgk_fork=self._info, **hf.cache_kw(decoder, self))
         finally:
             _STATE.forking -= 1
             self.mode = "prefix"
-        self._check_written(decoder, before, "ForkCache.fork")
+        if before is not None:
+            self._check_written(decoder, before, "ForkCache.fork")
         return out.last_hidden_state
 
     def commit(self, winner: torch.Tensor) -> None:
-        """Append candidate slot winner[b] of each row b to the prefix."""
+        """Append candidate slot winner[b] of each row b to the prefix (static shapes; the
+        host-side `length` advances by one, the device positions in place)."""
+        if self.static:          # inside the decode loop's step: device state only
+            self.commit_device(winner)
+            return
         self._check_rows("winner", winner)
         if self.length + 1 > self.max_len:
             raise ValueError(f"commit: the cache is full (max_len={self.max_len})")
+        self.commit_device(winner)
+        self.length += 1
+
+    @contextlib.contextmanager
+    def static_steps(self, decoder):
+        """Run fork/commit as static-shape device code (no checks, no host state, the fork
+        attention switched on once); `steps(n)` on the yielded handle records n commits."""
+        owner = self
+
+        class _Steps:
+            committed = 0
+
+            def steps(self, n: int) -> None:
+                self.committed += n
+        h = _Steps()
+        old = decoder.config._attn_implementation
+        self._static_kw = hf.cache_kwarg(decoder)
+        self.static = True
+        decoder.config._attn_implementation = ATTN_NAME
+        try:
+            yield h
+        finally:
+            decoder.config._attn_implementation = old
+            self.static = False
+            owner.length += h.committed
+
+    def commit_device(self, winner: torch.Tensor) -> None:
+        """The device half of `commit`: copies and position updates, no host state."""
         rows = torch.arange(self.n_rows, device=winner.device)
         for layer in self.layers:
             if layer.is_initialized:
-                layer.commit(rows, winner.to(layer.device), self.length)
-        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=-1)
-        self.length += 1
+                layer.commit(rows, winner, self.pos)
+        self.end += 1
+        self.pos += 1
 
 
 @contextlib.contextmanager

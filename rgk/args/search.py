@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from rgk import hf, ops
 from rgk.args.cache import ForkCache
-from rgk.args.rewards import RewardSource, Scores, as_source, lm_vocab
+from rgk.args.rewards import RewardModel, RewardSource, Scores, as_source, lm_vocab
 
 
 @dataclass
@@ -255,7 +255,7 @@ def _setup(model, input_ids, attention_mask, reward, k, w, temperature, max_new_
 def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10, w: float = 1.5,
                   temperature: float = 0.0, max_new_tokens: int = 32, eos_token_id=None, pad_token_id=None,
                   generator: torch.Generator | None = None, max_cache_len: int | None = None,
-                  progress: bool = False) -> ARGSOutput:
+                  progress: bool = False, loop: str = "auto", stop_every: int = 8) -> ARGSOutput:
     """ARGS decoding with caches: see the module docstring.
 
     model: a HF causal LM; input_ids/attention_mask [B, T] left-padded (without a mask,
@@ -264,6 +264,12 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     T + max_new_tokens) must hold the prompt and every new token.  With an ARGRE editor
     attached to the model, every forward's newest positions are edited — in the candidate
     pass all k candidates — exactly as in `naive_args_generate`.
+
+    loop: "auto" (default) runs rgk's static-shape step (`rgk.args.decode`) wherever the
+    source and model family allow it — CUDA-graph replay on CUDA, eager on CPU — and the
+    Python loop otherwise (text rewards, other model families); "eager", "compiled"
+    (torch.compile fullgraph) and "graph" force the static step; "dynamic" forces the
+    Python loop.  stop_every: the static loop reads the done flags every that many steps.
     """
     mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
         model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
@@ -274,6 +280,24 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     if cap < need:
         raise ValueError(f"max_cache_len: {cap} cannot hold the prompt ({T} tokens) plus max_new_tokens="
                          f"{max_new_tokens}; pass max_cache_len >= {need} (or leave it None)")
+    from rgk.args import decode
+    if not isinstance(loop, str) or loop not in decode.LOOPS + ("dynamic",):
+        raise ValueError(f"loop: expected one of {', '.join(decode.LOOPS + ('dynamic',))}, got {loop!r}")
+    stop_every = as_int("stop_every", stop_every, 1)
+    static_ok = decode.static_capable(src) and all(
+        getattr(hf.text_config(m), "model_type", None) in decode.SUPPORTED_MODEL_TYPES
+        for m in [model] + ([src.model] if isinstance(src, RewardModel) else []))
+    if loop not in ("auto", "dynamic"):
+        if not decode.static_capable(src):
+            raise ValueError(f"loop: {loop!r} needs a reward source the static step can run (a RewardHead or a "
+                             f"RewardModel); {type(src).__name__} runs on loop='dynamic'")
+        decode.check_family(model)
+    if loop != "dynamic" and (loop != "auto" or static_ok):
+        seqs, r, lp, sc = decode.run_static(model, src, input_ids, mask, k=k, w=w, temperature=temperature,
+                                            max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad,
+                                            generator=generator, loop=loop, stop_every=stop_every,
+                                            progress=progress)
+        return ARGSOutput(seqs, r, lp, sc)
     rec = _Recorder(input_ids, eos, pad)
     lm = _ForkLM(model, B, cap, k) if src.uses_lm_hidden else _PlainLM(model)
     session = src.open(model, input_ids, mask, capacity=cap, k=k)

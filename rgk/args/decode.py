@@ -1,0 +1,264 @@
+"""rgk's decode loop: one static-shape step, no host in it.
+
+After an eager prefill, every decode step of every model is a fork pass of a `ForkCache`
+(k candidates for ARGS, or the 1 token just chosen) followed by a commit: preallocated
+buffers, positions and lengths kept as device tensors, so the whole ARGS step
+
+    top-k -> candidate forward (LM or reward model, fork attention) -> reward select
+          -> commit -> EOS bookkeeping -> the LM's next logits
+
+is one function with fixed shapes that reads no Python number and syncs with nothing.
+It runs
+
+- eagerly (the default on CPU),
+- compiled with `torch.compile(fullgraph=True)` (`loop="compiled"`: the CPU proof that the
+  step needs no host; also an option where it is faster), or
+- captured once per (batch, k, capacity) in a CUDA graph and replayed (`loop="graph"`,
+  the default on CUDA).
+
+Stopping is checked every `stop_every` steps (one host read of the done flags), and the
+output is cut at the step where every row had finished, so it equals the eager loop's.
+The same loop runs plain greedy / sampling decoding (`vanilla_generate`, the fair
+baseline) and ARGS with the shared head, a `RewardModel` or a sequence-classifier reward
+model; text rewards stay on the eager loop (`rgk.args.search`).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tqdm.auto import tqdm
+
+from rgk import hf, ops
+from rgk.args.cache import ForkCache
+from rgk.args.rewards import RewardModel, SharedHead, head_params
+
+#: model_type values whose fork pass is tested (Llama, Qwen2, Mistral, Gemma, GPT-2 families)
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
+LOOPS = ("auto", "eager", "compiled", "graph")
+
+
+def check_family(model, name: str = "model") -> None:
+    mt = getattr(hf.text_config(model), "model_type", None)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{name}: model_type {mt!r} is not supported by rgk's static decode loop (supported: "
+                         f"{', '.join(SUPPORTED_MODEL_TYPES)}); use loop='dynamic' (the Python ARGS loop)")
+
+
+def static_capable(source) -> bool:
+    return isinstance(source, (SharedHead, RewardModel))
+
+
+def resolve_loop(loop: str, device: torch.device) -> str:
+    if loop not in LOOPS:
+        raise ValueError(f"loop: expected one of {', '.join(LOOPS + ('dynamic',))}, got {loop!r}")
+    if loop == "auto":
+        return "graph" if device.type == "cuda" else "eager"
+    if loop == "graph" and device.type != "cuda":
+        raise ValueError("loop: 'graph' (CUDA-graph replay) needs CUDA tensors; use 'eager' or 'compiled' on CPU")
+    return loop
+
+
+class _LMFork:
+    """The LM on a ForkCache: `fork(ids [B, n])` -> hidden [B, n, d]; `logits(h [B, d])`."""
+
+    def __init__(self, model, B, cap, slots):
+        self.model, self.dec, self.head = model, model.get_decoder(), model.get_output_embeddings()
+        self.cache = ForkCache.for_model(model, B, cap, slots)
+
+    def prefill(self, input_ids, mask):
+        return self.head(self.cache.extend(self.dec, input_ids, mask)[:, -1]).float()
+
+
+class StaticDecoder:
+    """A static-shape decode step for one (model, reward source, batch, k, capacity).
+
+    source: None (vanilla greedy/sampling decoding), a SharedHead or a RewardModel.
+    """
+
+    def __init__(self, model, source, input_ids, mask, *, k: int, w: float, temperature: float, cap: int,
+                 eos: torch.Tensor, pad: int):
+        check_family(model)
+        self.model, self.src = model, source
+        self.k, self.w, self.temperature = k, w, temperature
+        B = input_ids.shape[0]
+        self.B, self.cap = B, cap
+        self.eos, self.pad = eos, pad
+        dev = input_ids.device
+        self.rows = torch.arange(B, device=dev)
+        self.shared = isinstance(source, SharedHead)
+        self.lm = _LMFork(model, B, cap, k if self.shared else 1)
+        self.logits = self.lm.prefill(input_ids, mask)
+        self.rm = None
+        if isinstance(source, RewardModel):
+            check_family(source.model, "reward")
+            self.rm_cache = ForkCache.for_model(source.model, B, cap, k)
+            self.rm_cache.extend(source.decoder, input_ids, mask)
+            self.rm = source
+            self.params = head_params(source.head, dev)
+        elif self.shared:
+            self.params = head_params(source.head, dev)
+        self.done = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.zero = torch.zeros(B, dtype=torch.long, device=dev)
+
+    # -------------------------------------------------------------- the step
+    def step(self, logits, u, done):
+        """(next logits, token, logp, reward, score, done): one decode step, static shapes."""
+        if self.src is None:
+            lp_all = torch.log_softmax(logits, -1)
+            if self.temperature == 0:
+                tok = logits.argmax(-1)
+            else:
+                p = torch.softmax(logits / self.temperature, -1)
+                cdf = p.cumsum(-1)
+                tok = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=logits.shape[-1] - 1)
+            lp = lp_all.gather(1, tok[:, None])[:, 0]
+            r = torch.zeros_like(lp)
+            sc = lp
+            idx = self.zero
+        else:
+            logp, ids = ops.topk_logprobs(logits, self.k)
+            if self.shared:
+                hid = self.lm.cache.fork(self.lm.dec, ids)
+            else:
+                hid = self.rm_cache.fork(self.rm.decoder, ids)
+            tok, idx, score, rew = ops.reward_select(hid, logp, ids, *self.params, reward_weight=self.w,
+                                                     temperature=self.temperature, uniform=u)
+            take = idx[:, None]
+            lp, r, sc = logp.gather(1, take)[:, 0], rew.gather(1, take)[:, 0], score.gather(1, take)[:, 0]
+        tok = torch.where(done, torch.full_like(tok, self.pad), tok)
+        zero = torch.zeros_like(lp)
+        lp, r, sc = torch.where(done, zero, lp), torch.where(done, zero, r), torch.where(done, zero, sc)
+        if self.eos.numel():
+            new_done = done | torch.isin(tok, self.eos)
+        else:
+            new_done = done
+        if self.shared:
+            self.lm.cache.commit(idx)
+            nxt = self.lm.head(hid[self.rows, idx]).float()
+        else:
+            if self.rm is not None:
+                self.rm_cache.commit(idx)
+            h1 = self.lm.cache.fork(self.lm.dec, tok[:, None])
+            self.lm.cache.commit(self.zero)
+            nxt = self.lm.head(h1[:, 0]).float()
+        return nxt, tok, lp, r, sc, new_done
+
+    @contextlib.contextmanager
+    def static(self):
+        """Switch the caches to static steps for the duration of the loop."""
+        with contextlib.ExitStack() as stack:
+            hs = [stack.enter_context(self.lm.cache.static_steps(self.lm.dec))]
+            if self.rm is not None:
+                hs.append(stack.enter_context(self.rm_cache.static_steps(self.rm.decoder)))
+            yield hs
+
+
+class _Graph:
+    """The step captured in a CUDA graph: static input/output buffers, replayed per token."""
+
+    def __init__(self, dec: StaticDecoder, u0):
+        self.dec = dec
+        self.logits = dec.logits.clone()
+        self.u = u0.clone() if u0 is not None else None
+        self.done = dec.done.clone()
+        # warm up on a side stream (allocates op workspaces outside the capture), then capture
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        self._snapshot = self._save()
+        with torch.cuda.stream(s):
+            dec.step(self.logits, self.u, self.done)
+        torch.cuda.current_stream().wait_stream(s)
+        self._restore()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.out = dec.step(self.logits, self.u, self.done)
+        self._restore()      # capturing ran nothing, but keep the state exactly as prefilled
+
+    def _caches(self):
+        cs = [self.dec.lm.cache] + ([self.dec.rm_cache] if self.dec.rm is not None else [])
+        return cs
+
+    def _save(self):
+        return [(c.end.clone(), c.pos.clone()) for c in self._caches()]
+
+    def _restore(self):
+        for c, (e, p) in zip(self._caches(), self._snapshot):
+            c.end.copy_(e)
+            c.pos.copy_(p)
+
+    def __call__(self, logits, u, done):
+        self.logits.copy_(logits)
+        if u is not None:
+            self.u.copy_(u)
+        self.done.copy_(done)
+        self.graph.replay()
+        return tuple(t.clone() for t in self.out)
+
+
+def _draw(B, temperature, generator, device):
+    if temperature == 0:
+        return None
+    return torch.rand(B, generator=generator, device=generator.device if generator is not None else device).to(device)
+
+
+@torch.no_grad()
+def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tokens, cap, eos, pad, generator,
+               loop: str, stop_every: int = 8, progress: bool = False):
+    """Decode with the static step; returns (sequences, rewards, logprobs, scores) like ARGSOutput."""
+    dev = input_ids.device
+    loop = resolve_loop(loop, dev)
+    stop_every = max(1, int(stop_every))
+    dec = StaticDecoder(model, source, input_ids, mask, k=k, w=w, temperature=temperature, cap=cap, eos=eos,
+                        pad=pad)
+    logits, done = dec.logits, dec.done
+    toks, lps, rs, scs, dones = [], [], [], [], []
+    with dec.static() as handles:
+        if loop == "compiled":
+            fn = torch.compile(dec.step, fullgraph=True, dynamic=False)
+        elif loop == "graph":
+            u0 = _draw(dec.B, temperature, None, dev) if temperature > 0 else None
+            fn = _Graph(dec, u0)
+        else:
+            fn = dec.step
+        steps = tqdm(range(max_new_tokens), desc="ARGS" if source is not None else "decode", disable=not progress,
+                     leave=False)
+        for s in steps:
+            u = _draw(dec.B, temperature, generator, dev)
+            logits, tok, lp, r, sc, done = fn(logits, u, done)
+            toks.append(tok), lps.append(lp), rs.append(r), scs.append(sc), dones.append(done)
+            for h in handles:
+                h.steps(1)
+            if (s + 1) % stop_every == 0 and bool(done.all()):
+                break
+    n = len(toks)
+    all_done = torch.stack(dones, 1).all(0)           # [n]: every row finished after step s
+    hit = all_done.nonzero()
+    if hit.numel():
+        n = int(hit[0]) + 1
+    st = lambda xs: torch.stack(xs[:n], 1)  # noqa: E731
+    return torch.cat([input_ids, st(toks)], 1), st(rs), st(lps), st(scs)
+
+
+@torch.no_grad()
+def vanilla_generate(model, input_ids, attention_mask=None, *, temperature: float = 0.0, max_new_tokens: int = 32,
+                     eos_token_id=None, pad_token_id=None, generator: torch.Generator | None = None,
+                     loop: str = "auto", stop_every: int = 8, progress: bool = False):
+    """Plain greedy (temperature 0: exactly HF greedy decoding) or sampling decoding through
+    rgk's static loop — the fair baseline for ARGS on the same loop.  Sampling draws one
+    U[0,1) per row and step from `generator` and inverts the CDF of softmax(logits / τ).
+    Returns the sequences [B, T + n] (pad after EOS)."""
+    from rgk.args.search import _pad_for_mask, as_float, as_int, check_inputs, eos_pad
+    mask, max_new_tokens = check_inputs(input_ids, attention_mask, max_new_tokens, _pad_for_mask(model, pad_token_id))
+    temperature = as_float("temperature", temperature, lo=0.0)
+    eos, pad = eos_pad(model, eos_token_id, pad_token_id, input_ids.device)
+    cap = input_ids.shape[1] + max_new_tokens
+    as_int("stop_every", stop_every, 1)
+    seqs, *_ = run_static(model, None, input_ids, mask, k=1, w=0.0, temperature=temperature,
+                          max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad, generator=generator, loop=loop,
+                          stop_every=stop_every, progress=progress)
+    return seqs
+
+
+__all__ = ["StaticDecoder", "run_static", "vanilla_generate", "SUPPORTED_MODEL_TYPES", "static_capable",
+           "check_family"]

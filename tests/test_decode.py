@@ -1,0 +1,167 @@
+"""rgk's static decode loop (`rgk.args.decode`): the static-shape step picks exactly the
+tokens of the Python (dynamic) loop in fp32 — greedy and seeded sampling, padded batches,
+EOS mid-run, every static-capable reward source and several model families — plain greedy
+decoding on the same loop is HF greedy decoding, and the step compiles with
+`torch.compile(fullgraph=True)` (no graph break: nothing in it needs the host)."""
+import pytest
+import torch
+from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          LlamaForSequenceClassification, MistralConfig, MistralForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+
+from rgk.args import RewardModel, args_generate, naive_args_generate
+from rgk.args.decode import vanilla_generate
+from rgk.models import RewardHead, RewardHeadConfig
+
+V, EOS, PAD = 97, 5, 0
+
+
+def family_lm(family, seed=0):
+    torch.manual_seed(seed)
+    c = dict(vocab_size=V, eos_token_id=EOS, pad_token_id=PAD)
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, **c)).eval()
+    if family == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, **c)).eval()
+    if family == "mistral":
+        return MistralForCausalLM(MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+                                                **c)).eval()
+    if family == "gemma":
+        return GemmaForCausalLM(GemmaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=1, head_dim=16, **c)).eval()
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=1,
+                                          **c)).eval()
+    raise ValueError(family)
+
+
+def prompts(lens=(5, 8, 3), seed=3):
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lens), max(lens)
+    ids = torch.randint(6, V, (B, T), generator=g)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(lens):
+        mask[b, T - n:] = 1
+        ids[b, :T - n] = PAD
+    return ids, mask
+
+
+def head(d=64, seed=2):
+    torch.manual_seed(seed)
+    return RewardHead(RewardHeadConfig(d, "mlp", 32))
+
+
+def sources(lm):
+    torch.manual_seed(9)
+    cls = LlamaForSequenceClassification(LlamaConfig(vocab_size=V + 1, hidden_size=32, intermediate_size=64,
+                                                     num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                     pad_token_id=V)).eval()
+    return {"shared": head(), "model": RewardModel(family_lm("llama", 1), head()), "classifier": RewardModel(cls)}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gpt2"])
+@pytest.mark.parametrize("source", ["shared", "model", "classifier"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_static_loop_equals_dynamic_loop(family, source, temperature):
+    lm = family_lm(family)
+    reward = sources(lm)[source]
+    ids, mask = prompts()
+    kw = dict(reward=reward, k=5, w=2.0, temperature=temperature, max_new_tokens=10, eos_token_id=EOS,
+              pad_token_id=PAD)
+    a = args_generate(lm, ids, mask, loop="eager", generator=torch.Generator().manual_seed(4), **kw)
+    b = args_generate(lm, ids, mask, loop="dynamic", generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stop_every", [1, 3, 50])
+def test_eos_mid_run_and_stop_check_period(stop_every):
+    """Rows finish at different steps; the output is cut where every row had finished,
+    whatever the stop-check period."""
+    lm = family_lm("llama")
+    ids, mask = prompts()
+    T = ids.shape[1]
+    free = args_generate(lm, ids, mask, reward=head(), k=5, w=1.0, max_new_tokens=12, eos_token_id=-1,
+                         loop="dynamic")
+    eos = int(free.sequences[1, T + 2])
+    kw = dict(reward=head(), k=5, w=1.0, max_new_tokens=12, eos_token_id=eos, pad_token_id=PAD)
+    a = args_generate(lm, ids, mask, loop="eager", stop_every=stop_every, **kw)
+    b = args_generate(lm, ids, mask, loop="dynamic", **kw)
+    c = naive_args_generate(lm, ids, mask, **kw)
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.sequences, c.sequences)
+    assert (a.sequences[1, T + 3:] == PAD).all()
+
+
+def test_vanilla_greedy_is_hf_greedy():
+    for family in ("llama", "gpt2"):
+        lm = family_lm(family)
+        ids, mask = prompts()
+        ours = vanilla_generate(lm, ids, mask, max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD)
+        hf = lm.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, eos_token_id=EOS,
+                         pad_token_id=PAD, top_k=None, top_p=None, temperature=None)
+        n = min(ours.shape[1], hf.shape[1])
+        assert torch.equal(ours[:, :n], hf[:, :n])
+
+
+def test_vanilla_sampling_is_seeded_and_follows_softmax():
+    lm = family_lm("llama")
+    ids, mask = prompts(lens=(4,))
+    a = vanilla_generate(lm, ids.repeat(3000, 1), mask.repeat(3000, 1), temperature=0.9, max_new_tokens=1,
+                         eos_token_id=-1, generator=torch.Generator().manual_seed(1))
+    b = vanilla_generate(lm, ids.repeat(3000, 1), mask.repeat(3000, 1), temperature=0.9, max_new_tokens=1,
+                         eos_token_id=-1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    from rgk.hf import positions
+    with torch.no_grad():
+        p = torch.softmax(lm(ids, attention_mask=mask, position_ids=positions(mask)).logits[0, -1] / 0.9, -1)
+    top = p.topk(5).indices
+    counts = torch.stack([(a[:, -1] == t).sum() for t in top]).double()
+    expected = 3000 * p[top].double()
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 20.5   # 5 cells, P(chi2_4 > 20.5) < 0.0005 (the rest of the mass is left out)
+
+
+def test_step_compiles_fullgraph_and_matches():
+    """torch.compile(fullgraph=True) of the whole ARGS step: a graph break would raise."""
+    lm = family_lm("llama")
+    ids, mask = prompts(lens=(4, 6))
+    kw = dict(reward=RewardModel(family_lm("llama", 1), head()), k=4, w=2.0, max_new_tokens=5, eos_token_id=EOS,
+              pad_token_id=PAD)
+    a = args_generate(lm, ids, mask, loop="compiled", **kw)
+    b = args_generate(lm, ids, mask, loop="dynamic", **kw)
+    assert torch.equal(a.sequences, b.sequences)
+
+
+def test_loop_argument_errors():
+    lm = family_lm("llama")
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match="^loop:"):
+        args_generate(lm, ids, mask, reward=head(), loop="fast")
+    with pytest.raises(ValueError, match="^loop:"):
+        args_generate(lm, ids, mask, reward=head(), loop="graph")          # CPU tensors
+    from rgk.args import TextReward
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(map(str, ids))
+    with pytest.raises(ValueError, match="^loop:"):
+        args_generate(lm, ids, mask, reward=TextReward(lambda t: [0.0] * len(t), Tok()), loop="eager")
+    with pytest.raises(ValueError, match="^stop_every:"):
+        args_generate(lm, ids, mask, reward=head(), stop_every=0)
+
+
+def test_other_families_are_refused_by_the_static_loop_and_run_dynamic():
+    from transformers import OPTConfig, OPTForCausalLM
+    torch.manual_seed(0)
+    lm = OPTForCausalLM(OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
+                                  word_embed_proj_dim=32, eos_token_id=EOS, pad_token_id=PAD)).eval()
+    ids, mask = prompts()
+    with pytest.raises(ValueError, match="^model:.*opt"):
+        args_generate(lm, ids, mask, reward=head(32), k=3, max_new_tokens=2, loop="eager")
+    with pytest.raises(ValueError, match="^model:"):
+        vanilla_generate(lm, ids, mask, max_new_tokens=2)
