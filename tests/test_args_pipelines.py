@@ -425,3 +425,55 @@ def test_numpy_and_tensor_scalars_are_numbers():
         args_generate(lm(), ids, mask, reward=head(), k=True)
     with pytest.raises(TypeError, match="^input_ids:"):
         args_generate(lm(), ids.int(), mask, reward=head())
+
+
+# ----------------------------------------------------------------------------- processor graph bookkeeping
+class _ReplayByRerun:
+    """Stand-in for torch.cuda's graph API on CPU: `replay` re-runs the captured body and
+    writes into the captured outputs, as a real replay overwrites its static outputs."""
+    import contextlib as _c
+
+    Stream = staticmethod(lambda: _ReplayByRerun._S())
+    current_stream = staticmethod(lambda: _ReplayByRerun._S())
+    stream = staticmethod(lambda s: _ReplayByRerun._c.nullcontext())
+    graph = staticmethod(lambda g: _ReplayByRerun._c.nullcontext())
+
+    class _S:
+        def wait_stream(self, other):
+            pass
+
+    class _G:
+        def replay(self):
+            res = self.body()
+            for o, r in zip(self.out, res):
+                o.copy_(r)
+
+    CUDAGraph = _G
+
+    @staticmethod
+    def bind(g, body, out):
+        g.body, g.out = body, out
+
+
+def test_processor_graph_path_bookkeeping(monkeypatch):
+    """The graph path (commit of the appended candidate + top-k + fork + select replayed per
+    call) gives the eager processor's tokens, also when another processor forces a token."""
+    from rgk.args import processor as pm
+    monkeypatch.setattr(pm, "GRAPH_API", _ReplayByRerun())
+    src = RewardModel(tiny_lm(1), head())
+    ids, mask = prompts()
+
+    class Force(torch.nn.Module):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == ids.shape[1] + 2:
+                scores = torch.full_like(scores, -math.inf)
+                scores[:, 42] = 0.0
+            return scores
+    for extra in ([], [Force()]):
+        g = ARGSLogitsProcessor(src, k=4, w=2.0, attention_mask=mask, graph=True)
+        e = ARGSLogitsProcessor(src, k=4, w=2.0, attention_mask=mask, graph=False)
+        a = _gen(ids, mask, [g] + extra, max_new_tokens=7, do_sample=False)
+        b = _gen(ids, mask, [e] + extra, max_new_tokens=7, do_sample=False)
+        assert torch.equal(a, b)
+        assert g.graph_replays >= 5 and e.graph_replays == 0
+        assert g.session.cache.length == e.session.cache.length

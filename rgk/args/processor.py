@@ -62,13 +62,16 @@ class ARGSLogitsProcessor(LogitsProcessor):
     pad_token_id: used to infer left padding when no mask is known.
     max_cache_len: capacity of the reward model's prefix cache (prompt + new tokens);
         None: the prompt plus generate's max_new_tokens (2048 when that is not known).
+    graph: replay the reward model's per-call work (commit of the appended token, top-k,
+        fork pass, reward select) from a CUDA graph captured once per generate call
+        (None: on CUDA with a RewardModel; False: eager).
     """
 
     supports_continuous_batching = False
 
     def __init__(self, reward, *, k: int = 10, w: float = 1.5, temperature: float = 0.0,
                  batch_size: int | None = None, attention_mask: torch.Tensor | None = None,
-                 pad_token_id: int | None = None, max_cache_len: int | None = None):
+                 pad_token_id: int | None = None, max_cache_len: int | None = None, graph: bool | None = None):
         src = as_source(reward)
         if src.uses_lm_hidden:
             raise TypeError("reward: inside generate a bare RewardHead needs its backbone; "
@@ -86,6 +89,11 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self.session = None
         self._seen: torch.Tensor | None = None
         self._cand = None
+        if graph is not None and not isinstance(graph, bool):
+            raise TypeError(f"graph: expected True, False or None, got {graph!r}")
+        self.graph = graph
+        self._graph = None
+        self.graph_replays = 0   # calls served by the captured CUDA graph
         self.rebuilds = 0        # how often the state was rebuilt (a new prompt or a rollback)
         self.extra_forwards = 0  # one-token forwards for appended tokens that were not candidates
         self.set_prompt_mask(attention_mask)
@@ -154,6 +162,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         cap = self._capacity(input_ids.shape[1], frames)
         if self.session is not None:
             self.session.close()
+        self._graph = None
         self.session = self.reward.open(None, input_ids, mask, capacity=cap, k=self.k)
         self._cap, self._len = cap, input_ids.shape[1]
         self._cand = None
@@ -172,7 +181,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
                 found = found | (unfinished.to(found.device) == 0)
                 break
         if bool(found.all()):
-            self.session.commit(hit.long().argmax(-1), token)
+            self._pending = hit.long().argmax(-1)
+            if self._graph is None:
+                self.session.commit(self._pending, token)
+                self._pending = None
         else:
             self.session.append(token)
             self.extra_forwards += 1
@@ -193,6 +205,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
             raise ValueError(f"k: expected at most the vocabulary size {V}, got {self.k}")
         if hasattr(self.reward, "check_vocab"):
             self.reward.check_vocab(V)
+        self._pending = None
         seen = self._seen
         if seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1 \
                 and self._cand is not None and torch.equal(input_ids[:, :-1], seen):
@@ -201,10 +214,118 @@ class ARGSLogitsProcessor(LogitsProcessor):
             self._rebuild(input_ids)
         self._seen = input_ids.clone()
 
+        if self._graph is None and self._use_graph(scores) and self._cand is None:
+            try:
+                self._graph = _CallGraph(self, scores)
+            except _NoGraph:
+                self._graph = None
+        if self._graph is not None and (self._pending is not None or self._graph.fresh):
+            out, ids = self._graph(scores, self._pending)
+            self.graph_replays += 1
+            self._cand = ids
+            return out
+        if self._pending is not None:     # a graph could not be used for this call
+            self.session.commit(self._pending, input_ids[:, -1])
+            self._pending = None
+        if self._graph is not None:
+            self._graph.fresh = False     # the cache moved eagerly: first-call graph no longer valid
+        return self._eager(scores)[0]
+
+    def _eager(self, scores):
         logp, ids = ops.topk_logprobs(scores, self.k)
         _, _, score, _ = select(self.session.score(ids), logp, ids, w=self.w, temperature=0.0, uniform=None)
         self._cand = ids
         if self.temperature > 0:
             score = score / self.temperature
         out = torch.full_like(scores, -math.inf)
-        return out.scatter(1, ids, score.to(out.dtype))
+        return out.scatter(1, ids, score.to(out.dtype)), ids
+
+    def _use_graph(self, scores) -> bool:
+        from rgk.args.rewards import _ModelSession
+        if self.graph is False or not isinstance(self.session, _ModelSession):
+            return False
+        return self.graph is True or scores.device.type == "cuda"
+
+
+class _CallGraph:
+    """CUDA graphs of one processor call's reward-model work, captured at the first call
+    after a rebuild: `first` (top-k, fork pass, select) for that call, `next` (commit of
+    the appended candidate, then the same) for every later call.  Positions live in the
+    ForkCache's device tensors, so replays advance them; the host-side length is advanced
+    here.  If capture fails, the processor stays eager (with a warning)."""
+
+    def __init__(self, proc: ARGSLogitsProcessor, scores):
+        import warnings
+        self.proc, self.fresh = proc, True
+        self.cache = proc.session.cache
+        self.scores = scores.detach().clone()
+        B = scores.shape[0]
+        self.index = torch.zeros(B, dtype=torch.long, device=scores.device)
+        try:
+            self.first = self._capture(commit=False)
+            self.next = self._capture(commit=True)
+        except Exception as e:  # noqa: BLE001 - any capture failure means: run eagerly
+            warnings.warn(f"ARGSLogitsProcessor: CUDA-graph capture failed ({e}); running eagerly")
+            proc.graph = False
+            raise _NoGraph() from e
+
+    def _body(self, commit: bool):
+        c = self.cache
+        if commit:
+            c.commit_device(self.index)
+        return self.proc._eager(self.scores)
+
+    def _capture(self, commit: bool):
+        c, dec = self.cache, self.proc.session.src.decoder
+        snap = (c.end.clone(), c.pos.clone())
+        api = GRAPH_API
+        with c.static_steps(dec):
+            s = api.Stream()
+            s.wait_stream(api.current_stream())
+            with api.stream(s):
+                self._body(commit)
+            api.current_stream().wait_stream(s)
+            c.end.copy_(snap[0]), c.pos.copy_(snap[1])
+            g = api.CUDAGraph()
+            with api.graph(g):
+                out = self._body(commit)
+            c.end.copy_(snap[0]), c.pos.copy_(snap[1])
+        api.bind(g, lambda: self._replay_body(commit), out)
+        return g, out
+
+    def _replay_body(self, commit: bool):
+        with self.cache.static_steps(self.proc.session.src.decoder):
+            return self._body(commit)
+
+    def __call__(self, scores, pending):
+        self.scores.copy_(scores)
+        if pending is None:
+            g, out = self.first
+            self.fresh = False
+        else:
+            self.index.copy_(pending)
+            g, out = self.next
+            self.cache.length += 1
+        g.replay()
+        return out[0].clone(), out[1].clone()
+
+
+class _NoGraph(Exception):
+    pass
+
+
+class _CudaGraphAPI:
+    """What `_CallGraph` uses of torch.cuda (a seam: CPU tests replace it with a stand-in
+    whose replay re-runs the captured body, to check the bookkeeping around the graphs)."""
+    Stream = staticmethod(lambda: torch.cuda.Stream())
+    current_stream = staticmethod(lambda: torch.cuda.current_stream())
+    stream = staticmethod(lambda s: torch.cuda.stream(s))
+    CUDAGraph = staticmethod(lambda: torch.cuda.CUDAGraph())
+    graph = staticmethod(lambda g: torch.cuda.graph(g))
+
+    @staticmethod
+    def bind(g, body, out):
+        """A real graph replays its recorded kernels: nothing to bind."""
+
+
+GRAPH_API = _CudaGraphAPI()
