@@ -477,3 +477,28 @@ def test_processor_graph_path_bookkeeping(monkeypatch):
         assert torch.equal(a, b)
         assert g.graph_replays >= 5 and e.graph_replays == 0
         assert g.session.cache.length == e.session.cache.length
+
+
+# ----------------------------------------------------------------------------- ARGRE + ARGS
+@pytest.mark.parametrize("loop", ["eager", "dynamic"])
+def test_argre_attached_edits_every_candidate_like_the_naive_path(loop):
+    """With an ARGRE editor attached, the fork pass edits all k candidates (each is the newest
+    position of its own sequence), so the cached loop equals the naive one, which edits the
+    last position of every full forward; and the edit does change the choice."""
+    from rgk.argre import ARGREEditor
+    g = torch.Generator().manual_seed(0)
+    m = 32
+    ed = ARGREEditor(torch.randn(m, 64, generator=g) * 0.3, torch.randn(m, generator=g) * 0.1,
+                     torch.randn(1, m, generator=g) * 0.3, torch.zeros(1), torch.randn(64, generator=g) * 0.5, 2.0,
+                     n_steps=2, step_size=0.3)
+    model = tiny_lm(11)
+    ids, mask = prompts()
+    for reward in (head(), RewardModel(model, head())):
+        kw = dict(reward=reward, k=4, w=2.0, max_new_tokens=6, eos_token_id=EOS, pad_token_id=PAD)
+        with ed.attach(model):
+            a = args_generate(model, ids, mask, loop=loop, **kw)
+            b = naive_args_generate(model, ids, mask, **kw)
+        plain = args_generate(model, ids, mask, loop=loop, **kw)
+        assert torch.equal(a.sequences, b.sequences)
+        torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5)
+        assert not torch.equal(a.sequences, plain.sequences)
