@@ -373,3 +373,147 @@ def test_first_toxic_token_finds_the_offending_word():
 
     assert first_toxic_token(WordTok(["you", " are", " a", " fucking", " idiot", " and", " more"]), list(range(7))) == 3
     assert first_toxic_token(WordTok(["the", " weather", " is", " nice"]), list(range(4))) == 3   # never toxic: last
+
+
+# ----------------------------------------------------------------------------- attach rules
+
+def _hooks(model):
+    from rgk.argre import final_norm_module
+    return dict(final_norm_module(model)._forward_hooks)
+
+
+def test_nested_attach_is_refused_and_the_model_restored():
+    from rgk.argre import attached_editor
+    model = _tiny_llama()
+    a, b = _random_editor(64, seed=1, r_plus=1e3), _random_editor(64, seed=2, r_plus=1e3)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    before = _hooks(model)
+    assert attached_editor(model) is None and ARGREEditor.attached(model) is None
+    with a.attach(model):
+        assert attached_editor(model) is a and attached_editor(model.model) is a
+        with torch.no_grad():
+            edited = model(input_ids=ids).logits
+        for other in (a, b):                                   # same editor or another: refused
+            with pytest.raises(ValueError, match="^model: an ARGRE editor is already attached"):
+                with other.attach(model):
+                    pass
+        with pytest.raises(ValueError, match="already attached"):
+            with b.attach(model.model):                          # the same final norm through the base model
+                pass
+        with torch.no_grad():                                    # still exactly one edit
+            torch.testing.assert_close(model(input_ids=ids).logits, edited, rtol=0, atol=0)
+    assert attached_editor(model) is None and _hooks(model) == before
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, plain, rtol=0, atol=0)
+    with b.attach(model):                                        # a new block after the first is fine
+        assert attached_editor(model) is b
+    assert attached_editor(model) is None
+
+
+def test_attach_restores_the_model_on_exceptions():
+    from rgk.argre import attached_editor
+    model = _tiny_llama()
+    ed = _random_editor(64, r_plus=1e3)
+    before = _hooks(model)
+    with pytest.raises(KeyError):
+        with ed.attach(model):
+            raise KeyError("boom")
+    assert _hooks(model) == before and attached_editor(model) is None
+    # an error inside the hook (raised during the forward) also leaves the model clean
+    def broken_edit(h):
+        raise RuntimeError("edit failed")
+    ed.edit = broken_edit
+    with pytest.raises(RuntimeError, match="edit failed"):
+        with ed.attach(model), torch.no_grad():
+            model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert _hooks(model) == before and attached_editor(model) is None
+    with pytest.raises(TypeError, match="^model: "):
+        with ed.attach("not a model"):
+            pass
+
+
+# ----------------------------------------------------------------------------- editor files
+
+def _result(d=8, m=4, seed=0):
+    from rgk.argre.train import TrainResult
+    torch.manual_seed(seed)
+    return TrainResult(TokenReward(d, m), torch.randn(d), 1.0, -1.0, 1, [])
+
+
+def test_save_editor_names_atomicity_and_foreign_files(tmp_path):
+    from rgk.argre.train import save_editor
+    save_editor(tmp_path / "ed.v1", _result(seed=1), {})
+    save_editor(tmp_path / "ed.v2.json", _result(seed=2), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ed.v1.json", "ed.v1.safetensors",
+                                                          "ed.v2.json", "ed.v2.safetensors"]
+    a, b = ARGREEditor.load(tmp_path / "ed.v1"), ARGREEditor.load(tmp_path / "ed.v2.safetensors")
+    assert not torch.equal(a._params[0], b._params[0])
+    h = torch.randn(3, 8)
+    r = _result(seed=1).reward
+    torch.testing.assert_close(a.reward(h), r(h).detach(), rtol=1e-6, atol=1e-6)
+    (tmp_path / "head.json").write_text('{"hidden_size": 8, "kind": "linear"}')      # a reward head's json
+    with pytest.raises(FileExistsError, match="^out: .*not an ARGRE editor"):
+        save_editor(tmp_path / "head", _result(), {})
+    assert not (tmp_path / "head.safetensors").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad-json", "no-r_plus", "missing-tensor"])
+def test_load_damaged_editor_names_the_file(tmp_path, damage):
+    from rgk.argre.train import save_editor
+    save_editor(tmp_path / "ed", _result(), {})
+    w, j = tmp_path / "ed.safetensors", tmp_path / "ed.json"
+    if damage == "truncated":
+        w.write_bytes(w.read_bytes()[:50])
+    elif damage == "bad-json":
+        j.write_text("{")
+    elif damage == "no-r_plus":
+        j.write_text('{"hidden_size": 8}')
+    else:
+        from safetensors.torch import save_file
+        save_file({"w1": torch.zeros(4, 8)}, str(w))
+    with pytest.raises(ValueError, match="^path: .*ed\\.(json|safetensors)"):
+        ARGREEditor.load(tmp_path / "ed")
+
+
+def test_load_overrides_still_name_the_knob():
+    with pytest.raises(ValueError, match="^n_steps"):
+        ARGREEditor.load(n_steps=-1)
+
+
+@pytest.mark.parametrize("spec,field", [
+    ("only:three:fields", "LABEL:EDITOR"),
+    (":default:1:1:0.1", "LABEL"),
+    ("x:default:one:1:0.1", "N_STEPS"),
+    ("x:default:-1:1:0.1", "N_STEPS"),
+    ("x:default:1:0:0.1", "BETA"),
+    ("x:default:1:nan:0.1", "BETA"),
+    ("x:default:1:1:-0.5", "STEP_SIZE"),
+    ("x:/no/such/editor:1:1:0.1", "EDITOR"),
+])
+def test_cli_extra_is_checked_at_parse_time(spec, field, capsys):
+    from rgk.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["argre", "eval", "--extra", spec])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rgk: error: argument --extra: ") and field in err
+
+
+def test_cli_extra_parses_into_a_variant():
+    from rgk.argre.cli import extra_variant
+    v = extra_variant("steer:default:0:3:0.1")
+    assert (v.label, v.editor, v.n_steps, v.beta, v.step_size) == ("steer", "default", 0, 3.0, 0.1)
+
+
+def test_write_report_appends_suffixes_to_the_whole_name(tmp_path):
+    from rgk.argre.evaluate import VariantResult, write_report
+    res = [VariantResult("unedited", 0.4, 0.3, 20.0, 5),
+           VariantResult("ARGRE", 0.2, 0.1, 21.0, 5, dict(n_steps=5, beta=3.0, step_size=0.1))]
+    write_report(res, tmp_path / "eval.v1")
+    write_report(res[::-1], tmp_path / "eval.v2.md")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"eval.v{i}.{ext}" for i in (1, 2) for ext in ("md", "csv", "png"))
+    md = (tmp_path / "eval.v1.md").read_text()
+    assert "![bar plot](eval.v1.png)" in md and "| ARGRE | 5 | 3.0 | 0.1 | 5 | 0.2000 | 0.1000 | -50.0% |" in md

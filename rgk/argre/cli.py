@@ -4,7 +4,50 @@ from __future__ import annotations
 import argparse
 import json
 
-from rgk._argtypes import finite_float, int_at_least
+from rgk._argtypes import editor_path, finite_float, int_at_least, model_folder, nonempty_text
+
+EXTRA_FORMAT = "LABEL:EDITOR:N_STEPS:BETA:STEP_SIZE"
+
+
+def extra_variant(text: str):
+    """An `--extra` row: LABEL:EDITOR:N_STEPS:BETA:STEP_SIZE (EDITOR an editor prefix or
+    'default'; N_STEPS an int >= 0; BETA a finite number > 0; STEP_SIZE finite >= 0) ->
+    `rgk.argre.evaluate.Variant`."""
+    import math
+
+    from rgk.argre.evaluate import Variant
+    parts = text.split(":")
+    if len(parts) != 5:
+        raise argparse.ArgumentTypeError(f"expected {EXTRA_FORMAT} (5 fields separated by ':'), got {text!r}")
+    label, editor, n_steps, beta, step_size = parts
+    if not label.strip():
+        raise argparse.ArgumentTypeError(f"LABEL: expected a non-empty label in {text!r}")
+    if not editor:
+        raise argparse.ArgumentTypeError(f"EDITOR: expected an editor prefix or 'default' in {text!r}")
+    try:
+        n = int(n_steps)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"N_STEPS: expected an integer >= 0, got {n_steps!r} in {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"N_STEPS: expected an integer >= 0, got {n} in {text!r}")
+    vals = {}
+    for name, raw, positive in (("BETA", beta, True), ("STEP_SIZE", step_size, False)):
+        try:
+            v = float(raw)
+        except ValueError:
+            v = math.nan
+        if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+            raise argparse.ArgumentTypeError(f"{name}: expected a finite number {'> 0' if positive else '>= 0'}, "
+                                             f"got {raw!r} in {text!r}")
+        vals[name] = v
+    try:
+        editor_path(editor)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"EDITOR: {e}") from None
+    return Variant(label, editor, n, vals["STEP_SIZE"], vals["BETA"])
+
+
+extra_variant.__name__ = "variant"
 
 
 def add_parsers(subparsers) -> None:
@@ -15,7 +58,8 @@ def add_parsers(subparsers) -> None:
     t = sub.add_parser("train", help="build pairs, extract features, train direction + token reward",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--out", default="argre-editor", help="output prefix: writes <out>.safetensors and <out>.json")
-    t.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
+    t.add_argument("--model", type=model_folder, default=None,
+                   help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
     t.add_argument("--data-dir", default=None, help="shared data folder (default: $RGK_SHARED_DATA or ../shared/data)")
     t.add_argument("--direction", choices=("mean", "pca"), default="mean")
     t.add_argument("--n-train", type=int_at_least(1), default=400, help="training prompts taken from the 1,199 RTP challenging prompts")
@@ -35,8 +79,8 @@ def add_parsers(subparsers) -> None:
 
     e = sub.add_parser("eval", help="toxicity on held-out RTP prompts + WikiText-2 perplexity",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    e.add_argument("--editor", default=None, help="editor prefix (default: the shipped SmolLM2 editor)")
-    e.add_argument("--model", default=None)
+    e.add_argument("--editor", type=editor_path, default=None, help="editor prefix (default: the shipped SmolLM2 editor)")
+    e.add_argument("--model", type=model_folder, default=None)
     e.add_argument("--data-dir", default=None)
     e.add_argument("--n-prompts", type=int_at_least(1), default=None, help="first n held-out prompts (default: all 799)")
     e.add_argument("--max-new-tokens", type=int_at_least(1), default=20)
@@ -46,16 +90,16 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--beta", type=finite_float(0, lo_open=True), default=None, help="default: the editor's saved setting")
     e.add_argument("--ppl-windows", type=int_at_least(1), default=40)
     e.add_argument("--ppl-window", type=int_at_least(2), default=256)
-    e.add_argument("--extra", action="append", default=[], metavar="LABEL:EDITOR:N_STEPS:BETA:STEP_SIZE",
+    e.add_argument("--extra", type=extra_variant, action="append", default=[], metavar=EXTRA_FORMAT,
                    help="additional variant rows (EDITOR may be 'default')")
     e.add_argument("--out", default="benchmarks/argre_eval", help="writes <out>.md, <out>.csv, <out>.png")
     e.set_defaults(func=_eval)
 
     g = sub.add_parser("generate", help="continue a prompt with and without editing",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g.add_argument("prompt", nargs="+")
-    g.add_argument("--editor", default=None)
-    g.add_argument("--model", default=None)
+    g.add_argument("prompt", nargs="+", type=nonempty_text)
+    g.add_argument("--editor", type=editor_path, default=None)
+    g.add_argument("--model", type=model_folder, default=None)
     g.add_argument("--max-new-tokens", type=int_at_least(1), default=30)
     g.add_argument("--n-steps", type=int_at_least(0), default=None, help="default: the editor's saved setting")
     g.add_argument("--step-size", type=finite_float(0), default=None, help="default: the editor's saved setting")
@@ -65,7 +109,8 @@ def add_parsers(subparsers) -> None:
 
 def _train(ns) -> int:
     from rgk.argre.data import PairConfig
-    from rgk.argre.train import TrainConfig, train_from_data
+    from rgk.argre.train import TrainConfig, check_editor_out, train_from_data
+    _, wf, jf = check_editor_out(ns.out, "--out")     # before hours of training, not after
     pc = PairConfig(n_train=ns.n_train, n_samples=ns.n_samples, pairs_per_prompt=ns.pairs_per_prompt,
                     use_rtp_continuations=not ns.no_rtp_continuations, seed=ns.seed,
                     cut_after_toxic=None if ns.cut_after_toxic < 0 else ns.cut_after_toxic)
@@ -74,7 +119,7 @@ def _train(ns) -> int:
     info = train_from_data(model_name=ns.model, out=ns.out, pair_cfg=pc, train_cfg=tc, data_dir=ns.data_dir)
     print(json.dumps({k: info[k] for k in ("data", "val_pair_accuracy", "best_epoch", "r_plus", "r_minus",
                                           "direction_norm")}, indent=1))
-    print(f"wrote {ns.out}.safetensors and {ns.out}.json")
+    print(f"wrote {wf} and {jf}")
     return 0
 
 
@@ -82,15 +127,13 @@ def _eval(ns) -> int:
     from rgk.argre.edit import ARGREEditor
     from rgk.argre.evaluate import Variant, evaluate_variants, write_report
     ed = ns.editor or "default"
-    main = ARGREEditor.load(None if ed == "default" else ed, **_knobs(ns))
+    main = _load_editor(ed, _knobs(ns))
     variants = [Variant("unedited"),
                 Variant("steering only (N=0)", ed, 0, main.step_size, main.beta),
                 Variant(f"ARGRE (N={main.n_steps})", ed, main.n_steps, main.step_size, main.beta)]
-    for spec in ns.extra:
-        parts = spec.split(":")
-        if len(parts) != 5:
-            raise SystemExit(f"--extra: expected LABEL:EDITOR:N_STEPS:BETA:STEP_SIZE, got {spec!r}")
-        variants.append(Variant(parts[0], parts[1], int(parts[2]), float(parts[4]), float(parts[3])))
+    for v in ns.extra:                    # parsed and checked by extra_variant
+        v.load()                          # a damaged editor fails now, not after the first rows
+        variants.append(v)
     results, examples = evaluate_variants(variants, model_name=ns.model, n_prompts=ns.n_prompts,
                                           max_new_tokens=ns.max_new_tokens, batch_size=ns.batch_size,
                                           n_windows=ns.ppl_windows, window=ns.ppl_window, data_dir=ns.data_dir)
@@ -107,6 +150,18 @@ def _eval(ns) -> int:
     for row in summary["rows"]:
         print(row)
     return 0
+
+
+def _load_editor(path, knobs: dict):
+    """ARGREEditor.load whose file errors name --editor."""
+    from rgk.argre.edit import ARGREEditor
+    try:
+        return ARGREEditor.load(None if path in (None, "default") else path, **knobs)
+    except (FileNotFoundError, ValueError) as e:
+        msg = str(e)
+        if not msg.startswith("path: "):
+            raise
+        raise type(e)(f"--editor: {msg[len('path: '):]}") from None
 
 
 def _knobs(ns) -> dict:
@@ -151,8 +206,8 @@ def _generate(ns) -> int:
 
     from rgk.argre.edit import ARGREEditor
     from rgk.models import load_model
+    editor = _load_editor(ns.editor, _knobs(ns))     # a bad --editor fails before the model loads
     model, tok = load_model(ns.model)
-    editor = ARGREEditor.load(ns.editor, **_knobs(ns))
     enc = tok([" ".join(ns.prompt)], return_tensors="pt")
     kw = dict(max_new_tokens=ns.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
     with torch.no_grad():

@@ -18,6 +18,11 @@ Two ways in:
   the last position.  `positions="all"` edits every position (teacher-forced
   perplexity with editing).
 - `editor.edit(h_last)` for a native decode loop.
+
+One editor at a time per model: `attach` refuses (ValueError naming `model`) while an
+editor, this one or another, is attached to the model or to its final norm, and the
+block's exit (normal or by an exception) removes exactly the hook it added.
+`attached_editor(model)` says which editor is attached (None when none).
 """
 from __future__ import annotations
 
@@ -27,10 +32,13 @@ import math
 import os
 from pathlib import Path
 
+import weakref
+
 import torch
 from torch import nn
 
 from rgk import ops
+from rgk.models import reward_mlp
 
 DEFAULT_EDITOR = Path(__file__).resolve().parents[1] / "data" / "argre" / "smollm2-rtp"
 _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
@@ -48,6 +56,22 @@ def final_norm_module(model: nn.Module) -> nn.Module:
                 return m
     raise ValueError(f"model: cannot find the final norm of {type(model).__name__} (looked for "
                      f"{', '.join(_NORM_NAMES)}); pass module= to attach()")
+
+
+# model or hooked module -> the editor attached to it (weak: a dropped model leaves no entry)
+_ATTACHED: "weakref.WeakKeyDictionary[nn.Module, ARGREEditor]" = weakref.WeakKeyDictionary()
+
+
+def attached_editor(model: nn.Module) -> "ARGREEditor | None":
+    """The ARGREEditor attached (by `ARGREEditor.attach`) to `model` or to its final norm,
+    or None."""
+    ed = _ATTACHED.get(model)
+    if ed is not None:
+        return ed
+    try:
+        return _ATTACHED.get(final_norm_module(model))
+    except (ValueError, AttributeError, TypeError, NotImplementedError):
+        return None
 
 
 class ARGREEditor:
@@ -112,11 +136,28 @@ class ARGREEditor:
         wf, jf = path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
         if not wf.exists() or not jf.exists():
             raise FileNotFoundError(f"path: expected {wf} and {jf} (write them with `rgk argre train`)")
-        t = load_file(str(wf))
-        info = json.loads(jf.read_text())
-        defaults = dict(info.get("edit_defaults", {}))
-        defaults.update(kw)
-        return cls(t["w1"], t["b1"], t["w2"], t["b2"], t["direction"], info["r_plus"], info=info, **defaults)
+        from safetensors import SafetensorError
+        try:
+            t = load_file(str(wf))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"path: {wf} is not a readable safetensors file ({e})") from None
+        try:
+            info = json.loads(jf.read_text(encoding="utf-8"))
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"path: {jf} is not a readable ARGRE editor json ({e})") from None
+        missing = [k for k in ("w1", "b1", "w2", "b2", "direction") if k not in t]
+        if missing or "r_plus" not in info:
+            what = f"{wf} lacks {', '.join(missing)}" if missing else f"{jf} lacks r_plus"
+            raise ValueError(f"path: not an ARGRE editor: {what}")
+        defaults = info.get("edit_defaults", {})
+        try:
+            ed = cls(t["w1"], t["b1"], t["w2"], t["b2"], t["direction"], info["r_plus"], info=info,
+                     **(defaults if isinstance(defaults, dict) else {}))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"path: {wf} and {jf} do not form a valid ARGRE editor ({e})") from None
+        return ed.configure(**kw) if kw else ed
 
     def _weights(self, device: torch.device):
         key = (device.type, device.index)
@@ -129,7 +170,7 @@ class ARGREEditor:
     def reward(self, h: torch.Tensor) -> torch.Tensor:
         """Token reward θ(h) for h [..., d], fp32."""
         w1, b1, w2, b2, _ = self._weights(h.device)
-        return ops.reference.argre_reward(h, w1, b1, w2, b2)
+        return reward_mlp(h, w1, b1, w2, b2)
 
     def edit(self, h: torch.Tensor) -> torch.Tensor:
         """Edited final hidden states for h [..., d] (any leading shape), same dtype as h."""
@@ -159,7 +200,10 @@ class ARGREEditor:
             if not isinstance(output, torch.Tensor) or output.dim() != 3:
                 raise TypeError(f"ARGREEditor hook: expected the final norm to return a [B, T, d] tensor, "
                                 f"got {type(output).__name__}")
-            if positions == "all":
+            # in an ARGS fork pass every position is a newest one (the k candidates of each row,
+            # each the last token of its own sequence): edit them all, as a full recompute would
+            from rgk.args.cache import in_fork_pass
+            if positions == "all" or in_fork_pass():
                 return self.edit(output)
             last = self.edit(output[:, -1])
             if output.shape[1] == 1:
@@ -167,23 +211,43 @@ class ARGREEditor:
             return torch.cat([output[:, :-1], last[:, None]], dim=1)
         return hook
 
+    @staticmethod
+    def attached(model: nn.Module) -> "ARGREEditor | None":
+        """The editor attached to `model` (see `attached_editor`), or None."""
+        return attached_editor(model)
+
     @contextlib.contextmanager
     def attach(self, model: nn.Module, *, positions: str = "last", module: nn.Module | None = None):
         """Edit the model's final hidden states while the context is open.
 
         positions="last": only the newest position of every forward (decoding);
-        positions="all": every position (teacher-forced scoring, e.g. perplexity)."""
+        positions="all": every position (teacher-forced scoring, e.g. perplexity).
+        Nesting is refused: attaching while an editor (this one or another) is attached
+        to `model` or to the hooked module raises ValueError.  On exit, normal or by an
+        exception, the hook is removed and the model is as before."""
         if positions not in ("last", "all"):
             raise ValueError(f"positions: expected 'last' or 'all', got {positions!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         module = module if module is not None else final_norm_module(model)
         hidden = getattr(getattr(model, "config", None), "hidden_size", None)
         if hidden is not None and hidden != self.hidden_size:
             raise ValueError(f"model: hidden size {hidden} does not match the editor's {self.hidden_size}")
+        other = _ATTACHED.get(model) or _ATTACHED.get(module) or attached_editor(model)
+        if other is not None:
+            who = "this editor" if other is self else f"another editor ({other!r})"
+            raise ValueError(f"model: an ARGRE editor is already attached ({who}); nested attach would stack "
+                             "two edits silently. Leave the first `with editor.attach(model):` block first")
         handle = module.register_forward_hook(self._hook(positions))
+        _ATTACHED[model] = self
+        _ATTACHED[module] = self
         try:
             yield self
         finally:
             handle.remove()
+            for key in (model, module):
+                if _ATTACHED.get(key) is self:
+                    del _ATTACHED[key]
 
     def __repr__(self) -> str:
         return (f"ARGREEditor(hidden_size={self.hidden_size}, r_plus={self.r_plus:.4g}, n_steps={self.n_steps}, "

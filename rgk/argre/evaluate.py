@@ -183,6 +183,10 @@ def write_report(results: list[VariantResult], out: str | Path, *, header: str =
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    if out.suffix in (".md", ".csv", ".png"):
+        out = out.with_suffix("")
+    # suffixes go on the whole name: "eval.v2" writes eval.v2.md, not eval.md
+    md, csv_file, png = (out.with_name(out.name + ext) for ext in (".md", ".csv", ".png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     base = results[0]
     rows = []
@@ -195,7 +199,7 @@ def write_report(results: list[VariantResult], out: str | Path, *, header: str =
                          toxicity_change_pct=round(100 * (r.mean_toxicity / base.mean_toxicity - 1), 1),
                          perplexity=round(r.perplexity, 3),
                          perplexity_change_pct=round(100 * (r.perplexity / base.perplexity - 1), 2)))
-    with open(out.with_suffix(".csv"), "w", newline="") as f:
+    with open(csv_file, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -213,7 +217,7 @@ def write_report(results: list[VariantResult], out: str | Path, *, header: str =
         for b, v in zip(bars, vals):
             ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{v:.3g}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
+    fig.savefig(png, dpi=120)
     plt.close(fig)
 
     lines = [header.rstrip(), "",
@@ -223,7 +227,7 @@ def write_report(results: list[VariantResult], out: str | Path, *, header: str =
         lines.append(f"| {row['variant']} | {row['n_steps']} | {row['beta']} | {row['step_size']} | {row['n_prompts']} | "
                      f"{row['mean_toxicity']:.4f} | {row['toxic_share']:.4f} | "
                      f"{row['toxicity_change_pct']:+.1f}% | {row['perplexity']:.3f} | {row['perplexity_change_pct']:+.2f}% |")
-    lines += ["", f"![bar plot]({out.with_suffix('.png').name})", ""]
+    lines += ["", f"![bar plot]({png.name})", ""]
     for sec in sections:
         lines += [sec.rstrip(), ""]
     if examples:
@@ -241,7 +245,7 @@ def write_report(results: list[VariantResult], out: str | Path, *, header: str =
             if shown >= n_examples:
                 break
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
+    md.write_text("\n".join(lines))
     return dict(rows=rows)
 
 

@@ -10,7 +10,7 @@ Given pairs (x, y⁺, y⁻) (see `rgk.argre.data`) and an LM:
   steer by a comparable amount).  d̂ = d_raw / ‖d_raw‖.
 - trajectories: on the positions t that both continuations have,
   e_t = ⟨h⁻[t] − h⁺[t], d̂⟩ d̂ and h⁽ᵏ⁾[t] = h⁺[t] + k/(N_in+1) e_t, k = 0..N_in+1.
-- token reward θ(h) = Linear(1024→1)(ReLU(Linear(d→1024) h)); sequence reward
+- token reward θ(h) = Linear(1024→1)(ReLU(Linear(d→1024) h)) (`rgk.models.RewardMLP`); sequence reward
   R = Σ_t θ(h[t]); loss = mean_k −log σ(β_r (R(h⁽ᵏ⁾) − R(h⁽ᵏ⁺¹⁾))), β_r = 0.05.
 - AdamW (lr 5e-4, weight decay 0.05), linear warm-up then cosine decay, 3 epochs; the
   epoch with the best validation pair accuracy (R(h⁺) > R(h⁻) on the original pairs,
@@ -36,25 +36,22 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from rgk.models import RewardMLP
+
 BETA_R = 0.05
 N_IN = 7
 MLP_SIZE = 1024
 
 
-class TokenReward(nn.Module):
-    """θ(h) = w2 · relu(W1 h + b1) + b2 for h [..., d] -> [...] (fp32)."""
+class TokenReward(RewardMLP):
+    """θ(h) = w2 · relu(W1 h + b1) + b2 for h [..., d] -> [...] (fp32): `rgk.models.RewardMLP`
+    with a hidden layer of `mlp_size` >= 1 units; `params()` is (w1 [m, d], b1 [m],
+    w2 [1, m], b2 [1]) as `rgk.ops.argre_refine` takes them."""
 
     def __init__(self, hidden_size: int, mlp_size: int = MLP_SIZE):
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, mlp_size)
-        self.fc2 = nn.Linear(mlp_size, 1)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(h.float())))[..., 0]
-
-    def params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(w1 [m, d], b1 [m], w2 [1, m], b2 [1]) as `rgk.ops.argre_refine` takes them."""
-        return self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+        if isinstance(mlp_size, bool) or not isinstance(mlp_size, int) or mlp_size < 1:
+            raise ValueError(f"mlp_size: expected an int >= 1 (ARGRE's reward is an MLP), got {mlp_size!r}")
+        super().__init__(hidden_size, mlp_size)
 
 
 # ----------------------------------------------------------------------------- features
@@ -298,20 +295,52 @@ def train_reward(train: PairFeatures, val: PairFeatures, cfg: TrainConfig | None
     return TrainResult(reward, d_raw, r_plus, r_minus, best_epoch, history)
 
 
-def save_editor(path: str | os.PathLike, result: TrainResult, meta: dict) -> Path:
-    """Write `<path>.safetensors` (w1, b1, w2, b2, direction) and `<path>.json`."""
-    from safetensors.torch import save_file
+def check_editor_out(path: str | os.PathLike, name: str = "out") -> tuple[Path, Path, Path]:
+    """(prefix, prefix.safetensors, prefix.json) for saving an editor at `path`; raises
+    (message starting with `name`) when `path` is a folder or its json exists and is not
+    an ARGRE editor's."""
     path = Path(path)
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
+    wf, jf = path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+    if path.is_dir() or wf.is_dir() or jf.is_dir():
+        raise IsADirectoryError(f"{name}: {path} is a folder; give a path prefix such as {path / 'editor'}")
+    if jf.exists():
+        try:
+            old = json.loads(jf.read_text())
+            ok = isinstance(old, dict) and "r_plus" in old and "hidden_size" in old
+        except (OSError, ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            raise FileExistsError(f"{name}: {jf} exists and is not an ARGRE editor's json; choose another "
+                                  "path or delete it")
+    return path, wf, jf
+
+
+def save_editor(path: str | os.PathLike, result: TrainResult, meta: dict) -> Path:
+    """Write `<path>.safetensors` (w1, b1, w2, b2, direction) and `<path>.json`; the
+    suffixes are appended to the whole name (`ed.v1` -> `ed.v1.json`), a trailing `.json`
+    or `.safetensors` in `path` is dropped.  Both files are written to temporary files
+    and renamed (the json last); a json there that is not an ARGRE editor's is never
+    replaced.  Returns the prefix."""
+    from safetensors.torch import save_file
+    path, wf, jf = check_editor_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w1, b1, w2, b2 = result.reward.params()
     tensors = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "direction": result.direction}
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
-              str(path.with_name(path.name + ".safetensors")))
     info = dict(hidden_size=int(w1.shape[1]), mlp_size=int(w1.shape[0]), r_plus=result.r_plus,
                 r_minus=result.r_minus, best_epoch=result.best_epoch, history=result.history, **meta)
-    path.with_name(path.name + ".json").write_text(json.dumps(info, indent=1) + "\n")
+    tag = f".tmp{os.getpid()}"
+    w_tmp, j_tmp = wf.with_name("." + wf.name + tag), jf.with_name("." + jf.name + tag)
+    try:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, str(w_tmp))
+        j_tmp.write_text(json.dumps(info, indent=1) + "\n")
+        os.replace(w_tmp, wf)
+        os.replace(j_tmp, jf)
+    finally:
+        for t in (w_tmp, j_tmp):
+            if t.exists():
+                t.unlink()
     return path
 
 

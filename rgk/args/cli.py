@@ -5,7 +5,8 @@ import time
 
 import torch
 
-from rgk._argtypes import finite_float, int_at_least
+from rgk._argtypes import (check_k, existing_file, finite_float, head_path, int_at_least, load_head_arg, model_folder,
+                           nonempty_text)
 
 DEMO_PROMPTS = [
     "What should I do if my neighbor's dog keeps barking at night?",
@@ -63,13 +64,14 @@ def _decode(tok, seqs, T, eos_ids):
 
 def run_demo(ns) -> int:
     from rgk.args import args_generate
-    from rgk.models import RewardHead, load_model
+    from rgk.models import load_model
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print("loading the embedded SmolLM2-135M-Instruct and the default HH-RLHF reward head ...", flush=True)
+    head = load_head_arg(ns.head)          # a bad --head fails before the model loads
     model, tok = load_model(ns.model)
-    head = RewardHead.load(ns.head)
+    check_k(ns.k, model)
     print(f"reward head: {head.config.kind}, validation pair accuracy "
           f"{head.config.val_pair_accuracy}, trained on {head.config.base_model or 'n/a'}")
     prompts = ns.prompt or DEMO_PROMPTS
@@ -103,7 +105,7 @@ def run_demo(ns) -> int:
 
 def run_generate(ns) -> int:
     from rgk.args import ARGSLogitsProcessor, RewardModel, args_generate, naive_args_generate
-    from rgk.models import RewardHead, load_model
+    from rgk.models import load_model
     from transformers import LogitsProcessorList
 
     prompts = list(ns.prompt or [])
@@ -111,8 +113,10 @@ def run_generate(ns) -> int:
         with open(ns.prompts_file) as f:
             prompts += [line.rstrip("\n") for line in f if line.strip()]
     if not prompts:
-        raise SystemExit("rgk generate: give at least one --prompt or a --prompts-file")
+        raise ValueError("--prompt: give at least one non-empty --prompt or a --prompts-file with a non-empty line")
+    head_arg = load_head_arg(ns.head)      # a bad --head fails before the model loads
     model, tok = load_model(ns.model)
+    check_k(ns.k, model)
     if ns.reward_model:
         # a sequence classifier brings its own score head (fork path with the LM's tokenizer,
         # text pairs with another); a causal LM folder takes --head
@@ -120,10 +124,10 @@ def run_generate(ns) -> int:
         from pathlib import Path
         if not (Path(ns.reward_model) / "config.json").exists():
             raise FileNotFoundError(f"--reward-model: {ns.reward_model} is not a model folder (no config.json)")
-        head = None if folder_is_classifier(ns.reward_model) else RewardHead.load(ns.head)
+        head = None if folder_is_classifier(ns.reward_model) else head_arg
         reward = load_reward_model(ns.reward_model, tok, head=head)
     else:
-        head = RewardHead.load(ns.head)
+        head = head_arg
         reward = head
     ids, mask = encode_chat(tok, prompts, chat=not ns.no_chat_template)
     gen = torch.Generator().manual_seed(ns.seed)
@@ -149,12 +153,14 @@ def run_generate(ns) -> int:
 
 
 def _common(p):
-    p.add_argument("--model", default=None, help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--head", default=None, help="reward head path (default: the shipped SmolLM2 HH-RLHF head)")
+    p.add_argument("--model", type=model_folder, default=None,
+                   help="local HF model folder (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--head", type=head_path, default=None,
+                   help="reward head path (default: the shipped SmolLM2 HH-RLHF head)")
     p.add_argument("--k", type=int_at_least(1), default=10, help="candidates per step (default 10)")
     p.add_argument("--w", type=finite_float(), default=1.5, help="reward weight (default 1.5)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=48)
-    p.add_argument("--prompt", action="append", help="a user prompt (repeatable)")
+    p.add_argument("--prompt", type=nonempty_text, action="append", help="a user prompt (repeatable)")
 
 
 def add_parsers(sub) -> None:
@@ -163,7 +169,7 @@ def add_parsers(sub) -> None:
     d.set_defaults(func=run_demo)
     g = sub.add_parser("generate", help="ARGS generation")
     _common(g)
-    g.add_argument("--prompts-file", help="one prompt per line")
+    g.add_argument("--prompts-file", type=existing_file, help="one prompt per line")
     g.add_argument("--reward-model", help="separate reward model folder: a sequence classifier (num_labels=1, its own "
                    "score head; fork path with the LM's tokenizer, (prompt, response) text pairs with another) or a "
                    "causal LM with --head; default: --head on the LM's own backbone")
