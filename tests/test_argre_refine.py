@@ -116,7 +116,7 @@ def test_rejects_bad_inputs():
         call(step_size=math.inf)
     with pytest.raises(ValueError, match="^n_steps:"):
         call(n_steps=-1)
-    with pytest.raises(ValueError, match="^n_steps:"):
+    with pytest.raises(TypeError, match="^n_steps:"):
         call(n_steps=2.0)
 
 

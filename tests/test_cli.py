@@ -256,3 +256,26 @@ def test_real_process_exit_code_and_stderr(tmp_path):
     assert len(p.stderr.splitlines()) == 1
     p = _subprocess(["generate", "--prompt", "hi", "--head", str(tmp_path / "h")], RGK_DEBUG="1")
     assert p.returncode != 0 and "Traceback" in p.stderr and "--head" in p.stderr
+
+
+def test_generate_with_a_sequence_classifier_reward_model(tmp_path, capsys):
+    """`rgk generate --reward-model DIR` with a sequence classifier uses its own score head
+    (no --head needed), on the fork path (same tokenizer) and through text pairs (another)."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from _tiny_model import save_tiny_model, tiny_tokenizer
+    model = save_tiny_model(tmp_path / "lm")
+    tok = tiny_tokenizer()
+    torch.manual_seed(3)
+    rm = LlamaForSequenceClassification(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=1,
+                                                    pad_token_id=tok.pad_token_id)).eval()
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    for mode in ("native", "processor", "naive"):
+        code, out, err = run(["generate", "--model", str(model), "--reward-model", str(tmp_path / "rm"),
+                              "--prompt", "hello world", "--max-new-tokens", "3", "--k", "3", "--mode", mode], capsys)
+        assert code == 0, err
+        assert "ARGS:" in out
+    code, _, err = run(["generate", "--model", str(model), "--reward-model", str(tmp_path / "nope"),
+                        "--prompt", "hi"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

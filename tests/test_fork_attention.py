@@ -125,7 +125,7 @@ def test_rejects_bad_inputs():
         call(v_cache=args[2][:, :, :5])
     with pytest.raises(ValueError, match="^k_new:"):
         call(k_new=torch.zeros(2, 2, 4, 16))
-    with pytest.raises(ValueError, match="^cache_start:"):
+    with pytest.raises(TypeError, match="^cache_start:"):
         call(cache_start=torch.zeros(2))
     with pytest.raises(ValueError, match="^cache_end:"):
         call(cache_end=torch.zeros(3, dtype=torch.int64))

@@ -170,12 +170,12 @@ def add_parsers(sub) -> None:
     g = sub.add_parser("generate", help="ARGS generation")
     _common(g)
     g.add_argument("--prompts-file", type=existing_file, help="one prompt per line")
-    g.add_argument("--reward-model", help="separate reward model folder: a sequence classifier (num_labels=1, its own "
+    g.add_argument("--reward-model", type=model_folder, help="separate reward model folder: a sequence classifier (num_labels=1, its own "
                    "score head; fork path with the LM's tokenizer, (prompt, response) text pairs with another) or a "
                    "causal LM with --head; default: --head on the LM's own backbone")
     g.add_argument("--temperature", type=finite_float(0), default=0.0, help="0 = greedy ARGS")
     g.add_argument("--mode", choices=["native", "processor", "naive"], default="native",
                    help="native loop (fork cache), LogitsProcessor inside generate, or the naive reference")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int_at_least(0), default=0)
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompts as raw text")
     g.set_defaults(func=run_generate)
