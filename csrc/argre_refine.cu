@@ -6,8 +6,10 @@
 //   Shapes: h [B, d] (fp32/bf16/fp16, unit stride along d), direction [d] -> out [B, d] in h's
 //   dtype; every operation in fp32 (w1 may be fp32/bf16/fp16, read as fp32).
 //
-// Design.  A single persistent grid of co-resident blocks (one per SM where that fits;
-// co-residency checked with the occupancy API) splits the d columns: block j keeps W1[:, its columns] in shared memory
+// Design.  A single persistent grid of co-resident blocks (one per SM where that fits; the
+// block count comes from the occupancy API and the launch is cooperative, so the driver
+// refuses a grid that cannot be co-resident, cudaErrorCooperativeLaunchTooLarge, instead of
+// letting the grid barrier spin forever) splits the d columns: block j keeps W1[:, its columns] in shared memory
 // (fp32, transposed) for the whole launch and owns x[:, its columns], so W1 is read from
 // HBM once.  Per step:
 //   forward   each block: partial z over its columns for all (row, unit) -> workspace
@@ -16,15 +18,20 @@
 //             (steering: relu(z) * w2 summed over its units -> per-block partial reward)
 //   barrier
 //   backward  each block: g = W1[:, cols]^T (w2 * mask) for its columns; x += step_size * g
-// The grid barrier is an atomic counter/generation pair in the caller's zeroed sync buffer
-// (the arrival count returns to zero each time), so the launch is CUDA-graph capturable.
+// The grid barrier is an atomic counter/generation pair in the caller's zeroed sync buffer;
+// the kernel itself returns the arrival count to zero after every barrier (the generation
+// word only has to move, never to start at zero), so no memset is needed between launches and
+// the (cooperative) launch is CUDA-graph capturable.  Launch plans (block count, columns per
+// block, shared memory) are cached per (device, W1 dtype, row class, d, m).
 // Sums are evaluated in a fixed order: results are deterministic run to run.
 #include "rgk_common.cuh"
 
 namespace rgk {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = RGK_ARGRE_THREADS;
+constexpr int kRows = RGK_ARGRE_ROWS;  // R when B > 1
+static_assert(kThreads == 256 && kRows == 8, "the kernel's tiling is written for these");
 constexpr int kUnitsPerThread = 4;  // forward: units per thread per pass
 constexpr int kBatch = 8;           // global loads in flight per thread when staging
 
@@ -344,69 +351,117 @@ struct Plan {
   size_t x_bytes, z_bytes, mask_bytes, r_bytes;
 };
 
+// The part of a plan that does not depend on B (beyond R), cached per device.
+struct PlanKey {
+  int dev, wdt, R, d, m;
+  bool operator==(const PlanKey& o) const {
+    return dev == o.dev && wdt == o.wdt && R == o.R && d == o.d && m == o.m;
+  }
+};
+struct PlanVal {
+  cudaError_t err;  // cudaSuccess or cudaErrorNotSupported (cached refusals too)
+  int ds, nblk, ub, mp, wp;
+  size_t smem;
+};
+
 template <class W, int R>
-cudaError_t fit(const RgkArgreArgs& a, int sms, int max_smem, Plan* pl) {
+cudaError_t fit(const RgkArgreArgs& a, int dev, const DeviceInfo& info, PlanVal* pv) {
   auto kernel = argre_refine_kernel<W, R>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem);
+  cudaError_t err = allow_max_dynamic_smem(reinterpret_cast<const void*>(kernel), dev, info.smem_optin);
   if (err != cudaSuccess) return err;
   const int wp = static_cast<int>((a.m + 31) / 32 * 32 + 4);
+  pv->err = cudaErrorNotSupported;
   for (int pass = 0; pass < 2; ++pass) {  // first try one block per SM, then any co-resident count
-    for (int ds = 4; ds <= kThreads; ds *= 2) {
+    for (int ds = RGK_ARGRE_MIN_COLS; ds <= RGK_ARGRE_MAX_COLS; ds *= 2) {
       const int nblk = static_cast<int>(ceil_div(a.d, ds));
       const int ub = static_cast<int>((ceil_div(a.m, nblk) + 3) / 4 * 4);
       const size_t smem = Smem<R>::floats(ds, wp, ub) * sizeof(float);
-      if (smem > static_cast<size_t>(max_smem)) break;  // larger ds only needs more
+      if (smem > static_cast<size_t>(info.smem_optin)) break;  // larger ds only needs more
       int occ = 0;
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, smem);
       if (err != cudaSuccess) return err;
-      const int64_t cap = static_cast<int64_t>(occ) * sms;
-      if (nblk <= cap && (pass == 1 || nblk <= sms)) {
-        pl->R = R; pl->ds = ds; pl->nblk = nblk; pl->ub = ub; pl->wp = wp;
-        pl->mp = (a.m + 3) / 4 * 4;
-        pl->smem = smem;
+      const int64_t cap = static_cast<int64_t>(occ) * info.sms;
+      if (nblk <= cap && (pass == 1 || nblk <= info.sms)) {
+        pv->err = cudaSuccess;
+        pv->ds = ds; pv->nblk = nblk; pv->ub = ub; pv->wp = wp;
+        pv->mp = (a.m + 3) / 4 * 4;
+        pv->smem = smem;
         return cudaSuccess;
       }
     }
   }
-  return cudaErrorInvalidConfiguration;
+  return cudaSuccess;  // pv->err says whether it fits
 }
 
-template <class W>
-cudaError_t make_plan_w(const RgkArgreArgs& a, int sms, int max_smem, Plan* pl) {
-  return a.B <= 1 ? fit<W, 1>(a, sms, max_smem, pl) : fit<W, 8>(a, sms, max_smem, pl);
+bool valid_dtype(RgkDType t) { return t == RGK_F32 || t == RGK_BF16 || t == RGK_F16; }
+
+cudaError_t check_shapes(int64_t B, int64_t d, int64_t m, RgkDType hdt, RgkDType wdt) {
+  if (B < 0 || d < 1 || m < 1 || !valid_dtype(hdt) || !valid_dtype(wdt)) return cudaErrorInvalidValue;
+  if (d > 2147483647LL || B > 2147483647LL || m > 2147483647LL || B * d > 2147483647LL) return cudaErrorNotSupported;
+  return cudaSuccess;
+}
+
+// Columns per block, block count and shared memory for (B class, d, m, W1 dtype) on the
+// current device; cudaErrorNotSupported when W1 cannot be kept on chip by co-resident blocks.
+cudaError_t plan_shape(int64_t B, int d, int m, RgkDType wdt, Plan* pl) {
+  int dev = 0;
+  DeviceInfo info;
+  cudaError_t err = current_device(&dev, &info);
+  if (err != cudaSuccess) return err;
+  if (!info.coop) return cudaErrorNotSupported;
+  const int R = B <= 1 ? 1 : kRows;
+  static PlanCache<PlanKey, PlanVal, 64> cache;
+  const PlanKey key{dev, static_cast<int>(wdt), R, d, m};
+  PlanVal pv{};
+  if (!cache.find(key, &pv)) {
+    RgkArgreArgs a{};
+    a.d = d;
+    a.m = m;
+    switch (wdt) {
+      case RGK_F32: err = R == 1 ? fit<float, 1>(a, dev, info, &pv) : fit<float, kRows>(a, dev, info, &pv); break;
+      case RGK_BF16:
+        err = R == 1 ? fit<__nv_bfloat16, 1>(a, dev, info, &pv) : fit<__nv_bfloat16, kRows>(a, dev, info, &pv);
+        break;
+      case RGK_F16: err = R == 1 ? fit<__half, 1>(a, dev, info, &pv) : fit<__half, kRows>(a, dev, info, &pv); break;
+      default: return cudaErrorInvalidValue;
+    }
+    if (err != cudaSuccess) return err;  // a failed query: not cached
+    cache.insert(key, pv);
+  }
+  if (pv.err != cudaSuccess) return pv.err;
+  pl->R = R; pl->ds = pv.ds; pl->nblk = pv.nblk; pl->ub = pv.ub; pl->mp = pv.mp; pl->wp = pv.wp;
+  pl->smem = pv.smem;
+  const size_t Bz = static_cast<size_t>(B);
+  pl->x_bytes = align_up(Bz * d * sizeof(float), 256);
+  pl->z_bytes = align_up(static_cast<size_t>(pl->nblk) * Bz * pl->mp * sizeof(float), 256);
+  pl->mask_bytes = align_up(Bz * pl->mp, 256);
+  pl->r_bytes = align_up(static_cast<size_t>(pl->nblk) * Bz * sizeof(float), 256);
+  return cudaSuccess;
 }
 
 cudaError_t make_plan(const RgkArgreArgs& a, Plan* pl) {
-  if (a.B < 0 || a.d < 1 || a.m < 1 || a.n_steps < 0 || !(a.beta > 0.f)) return cudaErrorInvalidValue;
-  int sms = 0, max_smem = 0;
-  cudaError_t err = current_sm_count(&sms);
+  cudaError_t err = check_shapes(a.B, a.d, a.m, a.h_dtype, a.w1_dtype);
   if (err != cudaSuccess) return err;
-  err = current_max_smem_optin(&max_smem);
-  if (err != cudaSuccess) return err;
-  switch (a.w1_dtype) {
-    case RGK_F32: err = make_plan_w<float>(a, sms, max_smem, pl); break;
-    case RGK_BF16: err = make_plan_w<__nv_bfloat16>(a, sms, max_smem, pl); break;
-    case RGK_F16: err = make_plan_w<__half>(a, sms, max_smem, pl); break;
-    default: return cudaErrorInvalidValue;
-  }
-  if (err != cudaSuccess) return err;
-  const size_t B = static_cast<size_t>(a.B);
-  pl->x_bytes = align_up(B * a.d * sizeof(float), 256);
-  pl->z_bytes = align_up(static_cast<size_t>(pl->nblk) * B * pl->mp * sizeof(float), 256);
-  pl->mask_bytes = align_up(B * pl->mp, 256);
-  pl->r_bytes = align_up(static_cast<size_t>(pl->nblk) * B * sizeof(float), 256);
-  return cudaSuccess;
+  if (a.n_steps < 0 || !(a.beta > 0.f)) return cudaErrorInvalidValue;
+  return plan_shape(a.B, a.d, a.m, a.w1_dtype, pl);
 }
 
 template <class W>
 cudaError_t launch_w(const Plan& pl, const ArgreParams& p, cudaStream_t stream) {
-  if (pl.R == 1) argre_refine_kernel<W, 1><<<pl.nblk, kThreads, pl.smem, stream>>>(p);
-  else argre_refine_kernel<W, 8><<<pl.nblk, kThreads, pl.smem, stream>>>(p);
-  return cudaGetLastError();
+  const dim3 grid(static_cast<unsigned>(pl.nblk)), block(kThreads);
+  if (pl.R == 1) return launch_cooperative(argre_refine_kernel<W, 1>, grid, block, pl.smem, stream, p);
+  return launch_cooperative(argre_refine_kernel<W, kRows>, grid, block, pl.smem, stream, p);
 }
 
 }  // namespace
 }  // namespace rgk
+
+bool rgk_argre_refine_supported(int64_t B, int64_t d, int64_t m, RgkDType h_dtype, RgkDType w1_dtype) {
+  using namespace rgk;
+  if (check_shapes(B, d, m, h_dtype, w1_dtype) != cudaSuccess) return false;
+  Plan pl;
+  return plan_shape(B, static_cast<int>(d), static_cast<int>(m), w1_dtype, &pl) == cudaSuccess;
+}
 
 cudaError_t rgk_argre_refine_plan(const RgkArgreArgs& args, RgkArgrePlan* plan) {
   rgk::Plan pl;
@@ -425,6 +480,7 @@ cudaError_t rgk_argre_refine_launch(const RgkArgreArgs& args, void* workspace, i
   cudaError_t err = make_plan(args, &pl);
   if (err != cudaSuccess) return err;
   if (args.B == 0) return cudaSuccess;
+  if (workspace == nullptr || sync == nullptr) return cudaErrorInvalidValue;
   ArgreParams p;
   p.a = args;
   p.ds = pl.ds;

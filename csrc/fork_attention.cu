@@ -10,13 +10,21 @@
 //   (strided views, unit stride along D), cache_start / cache_end int32 [B]
 //   -> out [B, Hq, K, D] contiguous, dtype of q.
 //
+// Limits (rgk_kernels.h, rgk/ops/_limits.py): 1 <= D <= 256, Hq % Hkv == 0, K >= 1.
+//
 // Design.  The g*K query rows that share a kv head are processed together (GQA-style: the
 // candidates are extra query heads), so each block streams its slice of the prefix once for
 // all of them.  Grid = (B x Hkv x row tiles) x splits: the valid prefix of a row is cut into
 // `splits` ranges (split-KV, so B = 1 still fills the GPU); each block runs an online softmax
-// over its range and writes a partial (O / l, log2-sum-exp) to the workspace.  The last block
-// of a (b, kv head, row tile) to finish (atomic ticket) merges the partials and the self entry
-// exactly by log-sum-exp and writes the output, all in the same launch.
+// over its range and writes a partial (O / l, log2-sum-exp) to the workspace.  The number of
+// splits is sized from the caller's host-side bound of the valid prefix length
+// (`max_valid_len`, else the capacity L), so a short prompt in a long cache does not walk
+// dozens of empty splits; a split that finds no key writes only its -inf log-sum-exp.  The
+// last block of a (b, kv head, row tile) to finish (atomic ticket) merges the partials and the
+// self entry exactly by log-sum-exp and writes the output, all in the same launch.  The merge
+// uses the whole block: one warp per row computes the log-sum-exp weights of all splits into
+// shared memory (a warp reduction over splits), then every thread takes (row, 4 columns)
+// items and accumulates the weighted split outputs with 16-byte loads.
 //   bf16/fp16, D in {64, 128}, 16-byte aligned caches: tensor cores.  16 rows per warp,
 //   mma.sync m16n8k16 with fp32 accumulators; K/V tiles of 64 keys double-buffered in
 //   shared memory with cp.async; S stays in registers and its C fragments are re-packed as
@@ -30,7 +38,8 @@ namespace {
 
 constexpr int kTileKeys = 64;      // keys per shared-memory tile (tensor-core path)
 constexpr int kMinSplitKeys = 128; // at least this many prefix keys per split
-constexpr int kMaxSplits = 64;
+constexpr int kMaxSplits = RGK_FORK_MAX_SPLITS;
+constexpr int kMaxD = RGK_FORK_MAX_D;
 
 struct ForkParams {
   RgkForkArgs a;
@@ -65,59 +74,98 @@ __device__ __forceinline__ Block locate(const ForkParams& p) {
   return k;
 }
 
+// Shared floats the merge needs: split weights [MT][nsplit + 1] and 1 / denominator [MT].
+__host__ __device__ constexpr size_t merge_smem_floats(int mt, int nsplit) {
+  return static_cast<size_t>(mt) * (nsplit + 1) + static_cast<size_t>(mt);
+}
+
 // Merge of the splits' partials and the self entry for the rows of one row tile; run by
-// the block that arrived last.  One warp per row, DMAX / 32 output columns per lane.
-template <class T, int DMAX>
-__device__ __forceinline__ void merge_rows(const ForkParams& p, const Block& k, int nwarps) {
-  constexpr int PER = DMAX / 32;
+// the block that arrived last (all NT threads).  `sw`: merge_smem_floats(MT, nsplit) floats
+// of shared memory that nothing else uses any more.
+//   phase 1, one warp per row: s_self = scale q . k_new, mx = max(s_self, lse_s), weights
+//            w_s = 2^(lse_s - mx) (0 for an empty split), w_self = 2^(s_self - mx), 1 / sum;
+//   phase 2, the whole block over (row, column group) items:
+//            out = (w_self v_new + sum_s w_s O_s) / (w_self + sum_s w_s).
+template <class T>
+__device__ __forceinline__ void merge_rows(const ForkParams& p, const Block& k, float* sw, int nthreads) {
   const RgkForkArgs& a = p.a;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = nthreads >> 5;
   const float c2 = a.scale * kLog2e;
   const float ninf = neg_inf();
-  for (int rr = warp; rr < p.MT; rr += nwarps) {
-    const int r = k.mtile * p.MT + rr;
-    if (r >= p.M) break;
+  const int S = p.nsplit, SP = S + 1, MT = p.MT, D = a.D;
+  const int r_lo = k.mtile * MT;
+  const int nrows = min(MT, p.M - r_lo);
+  float* wts = sw;             // [MT][SP]
+  float* inv = sw + MT * SP;   // [MT]
+  const float* lse_tile = p.ws_lse + k.tile * S * MT;
+
+  for (int rr = warp; rr < nrows; rr += nwarps) {
+    const int r = r_lo + rr;
     const int h = k.kvh * p.g + r / a.K, j = r % a.K;
     const T* qr = static_cast<const T*>(a.q) + k.b * a.q_s0 + h * a.q_s1 + j * a.q_s2;
     const T* knr = static_cast<const T*>(a.k_new) + k.b * a.kn_s0 + k.kvh * a.kn_s1 + j * a.kn_s2;
-    const T* vnr = static_cast<const T*>(a.v_new) + k.b * a.vn_s0 + k.kvh * a.vn_s1 + j * a.vn_s2;
     float dot = 0.f;
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int d = lane + 32 * i;
-      if (d < a.D) dot += to_float(qr[d]) * to_float(knr[d]);
-    }
+    for (int d = lane; d < D; d += 32) dot = fmaf(to_float(qr[d]), to_float(knr[d]), dot);
     const float s_self = warp_sum(dot) * c2;
-    const float* lse = p.ws_lse + k.tile * p.nsplit * p.MT + rr;
     float mx = s_self;
-    for (int s = lane; s < p.nsplit; s += 32) mx = fmaxf(mx, __ldcg(lse + s * p.MT));
+    for (int s = lane; s < S; s += 32) mx = fmaxf(mx, __ldcg(lse_tile + s * MT + rr));
     mx = warp_max(mx);
-    const float w_self = exp2f(s_self - mx);
-    float den = w_self;
-    float acc[PER];
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int d = lane + 32 * i;
-      acc[i] = d < a.D ? w_self * to_float(vnr[d]) : 0.f;
-    }
-    for (int s = 0; s < p.nsplit; ++s) {
-      const float ls = __ldcg(lse + s * p.MT);
-      if (!(ls > ninf)) continue;
-      const float w = exp2f(ls - mx);
+    float den = 0.f;
+    for (int s = lane; s < S; s += 32) {
+      const float ls = __ldcg(lse_tile + s * MT + rr);
+      const float w = ls > ninf ? exp2f(ls - mx) : 0.f;
+      wts[rr * SP + s] = w;
       den += w;
-      const float* os = p.ws_o + ((k.tile * p.nsplit + s) * p.MT + rr) * a.D;
-#pragma unroll
-      for (int i = 0; i < PER; ++i) {
-        const int d = lane + 32 * i;
-        if (d < a.D) acc[i] += w * __ldcg(os + d);
-      }
     }
-    const float inv = 1.f / den;
-    T* o = static_cast<T*>(a.out) + ((static_cast<int64_t>(k.b) * a.Hq + h) * a.K + j) * a.D;
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int d = lane + 32 * i;
-      if (d < a.D) o[d] = from_float<T>(acc[i] * inv);
+    den = warp_sum(den);
+    if (lane == 0) {
+      const float w_self = exp2f(s_self - mx);
+      wts[rr * SP + S] = w_self;
+      inv[rr] = 1.f / (den + w_self);
+    }
+  }
+  __syncthreads();
+
+  const int64_t split_stride = static_cast<int64_t>(MT) * D;  // floats between one split's partials and the next
+  const float* o_tile = p.ws_o + k.tile * S * split_stride;
+  const int cw = (D % 4 == 0) ? 4 : 1;  // columns per item (the partial rows are 256-byte aligned x D floats)
+  const int groups = D / cw;
+  for (int it = tid; it < nrows * groups; it += nthreads) {
+    const int rr = it / groups, c = (it % groups) * cw;
+    const int r = r_lo + rr;
+    const int h = k.kvh * p.g + r / a.K, j = r % a.K;
+    const T* vnr = static_cast<const T*>(a.v_new) + k.b * a.vn_s0 + k.kvh * a.vn_s1 + j * a.vn_s2 + c;
+    const float* wr = wts + rr * SP;
+    const float* os = o_tile + static_cast<int64_t>(rr) * D + c;
+    const float w_self = wr[S];
+    T* o = static_cast<T*>(a.out) + ((static_cast<int64_t>(k.b) * a.Hq + h) * a.K + j) * D + c;
+    if (cw == 4) {
+      float4 acc = make_float4(w_self * to_float(vnr[0]), w_self * to_float(vnr[1]), w_self * to_float(vnr[2]),
+                               w_self * to_float(vnr[3]));
+#pragma unroll 4
+      for (int s = 0; s < S; ++s) {
+        const float w = wr[s];
+        if (w > 0.f) {  // empty splits wrote no partial output
+          const float4 v = __ldcg(reinterpret_cast<const float4*>(os + s * split_stride));
+          acc.x = fmaf(w, v.x, acc.x);
+          acc.y = fmaf(w, v.y, acc.y);
+          acc.z = fmaf(w, v.z, acc.z);
+          acc.w = fmaf(w, v.w, acc.w);
+        }
+      }
+      const float iv = inv[rr];
+      o[0] = from_float<T>(acc.x * iv);
+      o[1] = from_float<T>(acc.y * iv);
+      o[2] = from_float<T>(acc.z * iv);
+      o[3] = from_float<T>(acc.w * iv);
+    } else {
+      float acc = w_self * to_float(vnr[0]);
+#pragma unroll 4
+      for (int s = 0; s < S; ++s) {
+        const float w = wr[s];
+        if (w > 0.f) acc = fmaf(w, __ldcg(os + s * split_stride), acc);
+      }
+      o[0] = from_float<T>(acc * inv[rr]);
     }
   }
 }
@@ -336,12 +384,14 @@ __global__ void __launch_bounds__(32 * WM * WK) fork_attention_mma_kernel(ForkPa
       if (blk.mtile * MT + rr < p.M) {
         const float l = lrow[h];
         const bool has = l > 0.f;
-        const float inv = has ? 1.f / l : 0.f;
-        float* dst = p.ws_o + ((blk.tile * p.nsplit + blk.split) * MT + rr) * D;
+        if (has) {  // the merge skips empty splits: no partial output to write
+          const float inv = 1.f / l;
+          float* dst = p.ws_o + ((blk.tile * p.nsplit + blk.split) * MT + rr) * D;
 #pragma unroll
-        for (int i = 0; i < DF; ++i) {
-          const int col = i * 8 + 2 * tig;
-          *reinterpret_cast<float2*>(dst + col) = make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+          for (int i = 0; i < DF; ++i) {
+            const int col = i * 8 + 2 * tig;
+            *reinterpret_cast<float2*>(dst + col) = make_float2(o[i][2 * h] * inv, o[i][2 * h + 1] * inv);
+          }
         }
         if (tig == 0) p.ws_lse[(blk.tile * p.nsplit + blk.split) * MT + rr] = has ? mrow[h] + log2f(l) : ninf;
       }
@@ -349,7 +399,7 @@ __global__ void __launch_bounds__(32 * WM * WK) fork_attention_mma_kernel(ForkPa
   }
 
   if (!last_block_arrives(p.counters + blk.tile, p.nsplit, &s_flag)) return;
-  merge_rows<T, D>(p, blk, NW);
+  merge_rows<T>(p, blk, reinterpret_cast<float*>(smem_raw), NT);
 }
 
 // ------------------------------------------------------------------ CUDA-core path
@@ -450,18 +500,20 @@ __global__ void __launch_bounds__(kSimpleThreads) fork_attention_simple_kernel(F
 
   if (blk.mtile * MT + row < p.M) {
     const bool has = lrow > 0.f;
-    const float inv = has ? 1.f / lrow : 0.f;
-    float* dst = p.ws_o + ((blk.tile * p.nsplit + blk.split) * MT + row) * D;
+    if (has) {  // the merge skips empty splits: no partial output to write
+      const float inv = 1.f / lrow;
+      float* dst = p.ws_o + ((blk.tile * p.nsplit + blk.split) * MT + row) * D;
 #pragma unroll
-    for (int c = 0; c < OC; ++c) {
-      const int d = sub + 8 * c;
-      if (d < D) dst[d] = o[c] * inv;
+      for (int c = 0; c < OC; ++c) {
+        const int d = sub + 8 * c;
+        if (d < D) dst[d] = o[c] * inv;
+      }
     }
     if (sub == 0) p.ws_lse[(blk.tile * p.nsplit + blk.split) * MT + row] = has ? mrow + log2f(lrow) : ninf;
   }
 
   if (!last_block_arrives(p.counters + blk.tile, p.nsplit, &s_flag)) return;
-  merge_rows<T, DMAX>(p, blk, kSimpleThreads / 32);
+  merge_rows<T>(p, blk, reinterpret_cast<float*>(smem_raw), kSimpleThreads);
 }
 
 // ------------------------------------------------------------------ host side
@@ -478,12 +530,24 @@ bool aligned16(const void* ptr, int64_t s0, int64_t s1, int64_t s2) {
 
 int simple_dmax(int D) { return D <= 64 ? 64 : (D <= 128 ? 128 : 256); }
 
-cudaError_t make_plan(const RgkForkArgs& a, Plan* pl) {
-  if (a.B < 0 || a.Hq < 1 || a.Hkv < 1 || a.Hq % a.Hkv || a.K < 1 || a.D < 1 || a.D > 256 || a.L < 0)
+bool valid_dtype(RgkDType t) { return t == RGK_F32 || t == RGK_BF16 || t == RGK_F16; }
+
+// cudaSuccess, cudaErrorInvalidValue (outside the op's contract) or cudaErrorNotSupported.
+cudaError_t check_shapes(int64_t B, int64_t Hq, int64_t Hkv, int64_t K, int64_t D, int64_t L, RgkDType dt) {
+  if (B < 0 || Hq < 1 || Hkv < 1 || Hq % Hkv != 0 || K < 1 || D < 1 || L < 0 || !valid_dtype(dt))
     return cudaErrorInvalidValue;
-  int sms = 0;
-  cudaError_t err = current_sm_count(&sms);
-  if (err != cudaSuccess) return err;
+  constexpr int64_t kInt = 2147483647;
+  if (D > kMaxD || B > kInt || Hq > kInt || K > kInt || L > kInt) return cudaErrorNotSupported;
+  const int64_t M = (Hq / Hkv) * K;  // query rows per kv head
+  if (M > kInt || B * Hq > kInt || B * Hq * K > kInt) return cudaErrorNotSupported;  // in this order: no overflow
+  // the row tiles of the CUDA-core path (16 rows) are the most numerous; every tile needs a block
+  if (B * Hkv * ceil_div(M, 16) > RGK_MAX_GRID_X) return cudaErrorNotSupported;
+  return cudaSuccess;
+}
+
+cudaError_t make_plan(const RgkForkArgs& a, int max_valid_len, int sms, Plan* pl) {
+  const cudaError_t e = check_shapes(a.B, a.Hq, a.Hkv, a.K, a.D, a.L, a.dtype);
+  if (e != cudaSuccess) return e;
   const int M = (a.Hq / a.Hkv) * a.K;
   pl->mma = a.dtype != RGK_F32 && (a.D == 64 || a.D == 128) &&
             aligned16(a.k_cache, a.kc_s0, a.kc_s1, a.kc_s2) && aligned16(a.v_cache, a.vc_s0, a.vc_s1, a.vc_s2);
@@ -503,20 +567,29 @@ cudaError_t make_plan(const RgkForkArgs& a, Plan* pl) {
   }
   pl->m_tiles = ceil_div(M, pl->mt);
   pl->tiles = static_cast<int64_t>(a.B) * a.Hkv * pl->m_tiles;
-  const int64_t by_len = cmax<int64_t>(1, a.L / kMinSplitKeys);
+  // splits: enough blocks for ~2 waves, at least kMinSplitKeys keys of the longest valid
+  // prefix per split (its bound from the host, else the capacity), at most kMaxSplits, and a
+  // grid within the CUDA limit
+  const int64_t span = (max_valid_len <= 0 || max_valid_len > a.L) ? a.L : max_valid_len;
+  const int64_t by_len = cmax<int64_t>(1, span / kMinSplitKeys);
   const int64_t want = pl->tiles > 0 ? ceil_div(2LL * sms, pl->tiles) : 1;
-  pl->nsplit = static_cast<int>(cmax<int64_t>(1, cmin<int64_t>(cmin<int64_t>(want, by_len), kMaxSplits)));
+  int64_t nsplit = cmax<int64_t>(1, cmin<int64_t>(cmin<int64_t>(want, by_len), kMaxSplits));
+  if (pl->tiles > 0) nsplit = cmax<int64_t>(1, cmin<int64_t>(nsplit, RGK_MAX_GRID_X / pl->tiles));
+  pl->nsplit = static_cast<int>(nsplit);
+  // the merge reuses the dynamic shared memory for its weights
+  pl->smem = cmax<size_t>(pl->smem, merge_smem_floats(pl->mt, pl->nsplit) * sizeof(float));
   const size_t rows = static_cast<size_t>(pl->tiles) * pl->nsplit * pl->mt;
   pl->ws_o_bytes = align_up(rows * a.D * sizeof(float), 256);
   pl->ws_lse_bytes = align_up(rows * sizeof(float), 256);
-  if (pl->tiles * pl->nsplit > 0x7fffffffLL) return cudaErrorInvalidValue;
   return cudaSuccess;
 }
 
 template <class Kernel>
-cudaError_t launch(Kernel kernel, const Plan& pl, const ForkParams& p, cudaStream_t stream) {
-  if (pl.smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(pl.smem));
+cudaError_t launch(Kernel kernel, const Plan& pl, const ForkParams& p, int dev, const DeviceInfo& info,
+                   cudaStream_t stream) {
+  if (pl.smem > static_cast<size_t>(info.smem_optin)) return cudaErrorNotSupported;
+  if (pl.smem > 48 * 1024) {  // once per (device, kernel): the limit is raised to the device maximum
+    const cudaError_t err = allow_max_dynamic_smem(reinterpret_cast<const void*>(kernel), dev, info.smem_optin);
     if (err != cudaSuccess) return err;
   }
   kernel<<<static_cast<unsigned>(pl.tiles * pl.nsplit), pl.threads, pl.smem, stream>>>(p);
@@ -524,31 +597,41 @@ cudaError_t launch(Kernel kernel, const Plan& pl, const ForkParams& p, cudaStrea
 }
 
 template <class T, int D>
-cudaError_t launch_mma(const Plan& pl, const ForkParams& p, cudaStream_t s) {
+cudaError_t launch_mma(const Plan& pl, const ForkParams& p, int dev, const DeviceInfo& info, cudaStream_t s) {
   switch (pl.wm) {
-    case 1: return launch(fork_attention_mma_kernel<T, D, 1, 4>, pl, p, s);
-    case 2: return launch(fork_attention_mma_kernel<T, D, 2, 2>, pl, p, s);
-    case 3: return launch(fork_attention_mma_kernel<T, D, 3, 1>, pl, p, s);
-    case 4: return launch(fork_attention_mma_kernel<T, D, 4, 1>, pl, p, s);
+    case 1: return launch(fork_attention_mma_kernel<T, D, 1, 4>, pl, p, dev, info, s);
+    case 2: return launch(fork_attention_mma_kernel<T, D, 2, 2>, pl, p, dev, info, s);
+    case 3: return launch(fork_attention_mma_kernel<T, D, 3, 1>, pl, p, dev, info, s);
+    case 4: return launch(fork_attention_mma_kernel<T, D, 4, 1>, pl, p, dev, info, s);
   }
   return cudaErrorInvalidValue;
 }
 
 template <class T>
-cudaError_t launch_simple(const Plan& pl, const ForkParams& p, cudaStream_t s) {
+cudaError_t launch_simple(const Plan& pl, const ForkParams& p, int dev, const DeviceInfo& info, cudaStream_t s) {
   switch (simple_dmax(p.a.D)) {
-    case 64: return launch(fork_attention_simple_kernel<T, 64>, pl, p, s);
-    case 128: return launch(fork_attention_simple_kernel<T, 128>, pl, p, s);
-    default: return launch(fork_attention_simple_kernel<T, 256>, pl, p, s);
+    case 64: return launch(fork_attention_simple_kernel<T, 64>, pl, p, dev, info, s);
+    case 128: return launch(fork_attention_simple_kernel<T, 128>, pl, p, dev, info, s);
+    default: return launch(fork_attention_simple_kernel<T, 256>, pl, p, dev, info, s);
   }
 }
 
 }  // namespace
 }  // namespace rgk
 
-cudaError_t rgk_fork_attention_plan(const RgkForkArgs& args, RgkForkPlan* plan) {
-  rgk::Plan pl;
-  const cudaError_t err = rgk::make_plan(args, &pl);
+bool rgk_fork_attention_supported(int64_t B, int64_t Hq, int64_t Hkv, int64_t K, int64_t D, int64_t L,
+                                  RgkDType dtype) {
+  return rgk::check_shapes(B, Hq, Hkv, K, D, L, dtype) == cudaSuccess;
+}
+
+cudaError_t rgk_fork_attention_plan(const RgkForkArgs& args, int max_valid_len, RgkForkPlan* plan) {
+  using namespace rgk;
+  int dev = 0;
+  DeviceInfo info;
+  cudaError_t err = current_device(&dev, &info);
+  if (err != cudaSuccess) return err;
+  Plan pl;
+  err = make_plan(args, max_valid_len, info.sms, &pl);
   if (err != cudaSuccess) return err;
   plan->workspace_bytes = pl.ws_o_bytes + pl.ws_lse_bytes;
   plan->sync_ints = RGK_SYNC_RESERVED + pl.tiles;
@@ -557,12 +640,20 @@ cudaError_t rgk_fork_attention_plan(const RgkForkArgs& args, RgkForkPlan* plan) 
   return cudaSuccess;
 }
 
-cudaError_t rgk_fork_attention_launch(const RgkForkArgs& args, void* workspace, int* sync, cudaStream_t stream) {
+cudaError_t rgk_fork_attention_launch(const RgkForkArgs& args, int max_valid_len, void* workspace, int* sync,
+                                      cudaStream_t stream) {
   using namespace rgk;
+  int dev = 0;
+  DeviceInfo info;
+  cudaError_t err = current_device(&dev, &info);
+  if (err != cudaSuccess) return err;
   Plan pl;
-  cudaError_t err = make_plan(args, &pl);
+  err = make_plan(args, max_valid_len, info.sms, &pl);
   if (err != cudaSuccess) return err;
   if (pl.tiles == 0) return cudaSuccess;
+  // the merge reads the partial outputs as float4
+  if (workspace == nullptr || sync == nullptr || reinterpret_cast<uintptr_t>(workspace) % 16 != 0)
+    return cudaErrorInvalidValue;
   ForkParams p;
   p.a = args;
   p.g = args.Hq / args.Hkv;
@@ -574,14 +665,15 @@ cudaError_t rgk_fork_attention_launch(const RgkForkArgs& args, void* workspace, 
   p.ws_lse = reinterpret_cast<float*>(static_cast<char*>(workspace) + pl.ws_o_bytes);
   p.counters = sync + RGK_SYNC_RESERVED;
   if (pl.mma) {
-    if (args.dtype == RGK_BF16) return args.D == 64 ? launch_mma<__nv_bfloat16, 64>(pl, p, stream)
-                                                    : launch_mma<__nv_bfloat16, 128>(pl, p, stream);
-    return args.D == 64 ? launch_mma<__half, 64>(pl, p, stream) : launch_mma<__half, 128>(pl, p, stream);
+    if (args.dtype == RGK_BF16) return args.D == 64 ? launch_mma<__nv_bfloat16, 64>(pl, p, dev, info, stream)
+                                                    : launch_mma<__nv_bfloat16, 128>(pl, p, dev, info, stream);
+    return args.D == 64 ? launch_mma<__half, 64>(pl, p, dev, info, stream)
+                        : launch_mma<__half, 128>(pl, p, dev, info, stream);
   }
   switch (args.dtype) {
-    case RGK_F32: return launch_simple<float>(pl, p, stream);
-    case RGK_BF16: return launch_simple<__nv_bfloat16>(pl, p, stream);
-    case RGK_F16: return launch_simple<__half>(pl, p, stream);
+    case RGK_F32: return launch_simple<float>(pl, p, dev, info, stream);
+    case RGK_BF16: return launch_simple<__nv_bfloat16>(pl, p, dev, info, stream);
+    case RGK_F16: return launch_simple<__half>(pl, p, dev, info, stream);
   }
   return cudaErrorInvalidValue;
 }

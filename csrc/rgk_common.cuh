@@ -25,6 +25,15 @@ template <class T> __host__ __device__ constexpr T cmax(T a, T b) { return a > b
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+// The largest finite fp32 (3.4028234663852886e38): where +inf is clamped to (RULES: a +inf
+// logit takes all the probability, a +inf score is the best finite score).
+constexpr float kFltMax = 3.4028234663852886e38f;
+
+// A logit as the ops read it: NaN -> -inf (masked), +inf -> FLT_MAX, anything else unchanged
+// except -0 -> +0 (the two compare equal, so they must tie in the order-preserving keys too;
+// x + 0 is not folded away without fast-math, since it is no identity for x = -0).
+__device__ __forceinline__ float sanitize(float x) { return x != x ? neg_inf() : fminf(x, kFltMax) + 0.f; }
+
 // ------------------------------------------------------------------ conversions
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -143,8 +152,10 @@ __device__ __forceinline__ bool last_block_arrives(int* counter, int expected, i
   return last;
 }
 
-// Grid-wide barrier for a grid whose blocks are all resident (the launcher checks the
-// occupancy).  count returns to zero after every barrier; gen only ever increments.
+// Grid-wide barrier for a grid whose blocks are all resident: launch it cooperatively
+// (launch_cooperative below), so that a grid that cannot be co-resident is refused by the
+// driver instead of spinning forever.  count returns to zero after every barrier; gen only
+// ever increments (each barrier waits for gen to move past the value it read on arrival).
 __device__ __forceinline__ void grid_barrier(unsigned* count, unsigned* gen, unsigned nblocks) {
   __threadfence();
   __syncthreads();
@@ -224,18 +235,152 @@ template <> struct Mma<__half> {
 };
 
 // ------------------------------------------------------------------ host helpers
-inline cudaError_t current_sm_count(int* sms) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
-}
-inline cudaError_t current_max_smem_optin(int* bytes) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return e;
-  return cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-}
 inline size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// Kernel files include CUDA headers only (no <mutex>/<atomic>), so the static launch-plan
+// tables are guarded by a tiny spinlock built on the GCC/Clang __atomic builtins.  Critical
+// sections only copy a few words: driver queries run outside them (two threads may then
+// compute the same entry twice, which is harmless: the results are equal).
+class SpinLock {
+ public:
+  constexpr SpinLock() = default;
+  void lock() {
+    while (__atomic_exchange_n(&v_, 1, __ATOMIC_ACQUIRE) != 0) {
+      while (__atomic_load_n(&v_, __ATOMIC_RELAXED) != 0) {
+      }
+    }
+  }
+  void unlock() { __atomic_store_n(&v_, 0, __ATOMIC_RELEASE); }
+
+ private:
+  int v_ = 0;
+};
+class SpinGuard {
+ public:
+  explicit SpinGuard(SpinLock& l) : l_(l) { l_.lock(); }
+  ~SpinGuard() { l_.unlock(); }
+  SpinGuard(const SpinGuard&) = delete;
+  SpinGuard& operator=(const SpinGuard&) = delete;
+
+ private:
+  SpinLock& l_;
+};
+
+// A small fixed-size map (round-robin replacement when full).  Key needs operator==.
+template <class Key, class Val, int N>
+class PlanCache {
+ public:
+  bool find(const Key& k, Val* v) {
+    SpinGuard g(lock_);
+    for (int i = 0; i < n_; ++i) {
+      if (keys_[i] == k) {
+        *v = vals_[i];
+        return true;
+      }
+    }
+    return false;
+  }
+  void insert(const Key& k, const Val& v) {
+    SpinGuard g(lock_);
+    for (int i = 0; i < n_; ++i) {
+      if (keys_[i] == k) {
+        vals_[i] = v;
+        return;
+      }
+    }
+    const int slot = n_ < N ? n_++ : (next_++ % N);
+    keys_[slot] = k;
+    vals_[slot] = v;
+  }
+
+ private:
+  SpinLock lock_;
+  Key keys_[N] = {};
+  Val vals_[N] = {};
+  int n_ = 0;
+  int next_ = 0;
+};
+
+// Properties of a device, read once per device and cached.
+struct DeviceInfo {
+  int sms = 0;          // multiprocessors
+  int smem_optin = 0;   // shared memory per block after the cudaFuncSetAttribute opt-in, bytes
+  int smem_per_sm = 0;  // shared memory per multiprocessor, bytes
+  int coop = 0;         // cooperative launches supported
+};
+constexpr int kMaxDevices = 64;
+
+inline cudaError_t query_device_info(int dev, DeviceInfo* info) {
+  const cudaDeviceAttr attrs[] = {cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                  cudaDevAttrMaxSharedMemoryPerMultiprocessor, cudaDevAttrCooperativeLaunch};
+  int* dst[] = {&info->sms, &info->smem_optin, &info->smem_per_sm, &info->coop};
+  for (int i = 0; i < 4; ++i) {
+    const cudaError_t e = cudaDeviceGetAttribute(dst[i], attrs[i], dev);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// The current device and its (cached) properties.  The per-call cost is cudaGetDevice.
+inline cudaError_t current_device(int* dev, DeviceInfo* info) {
+  static SpinLock lock;
+  static DeviceInfo table[kMaxDevices];
+  static bool ready[kMaxDevices] = {};
+  cudaError_t e = cudaGetDevice(dev);
+  if (e != cudaSuccess) return e;
+  const int d = *dev;
+  if (d < 0 || d >= kMaxDevices) return query_device_info(d, info);
+  {
+    SpinGuard g(lock);
+    if (ready[d]) {
+      *info = table[d];
+      return cudaSuccess;
+    }
+  }
+  DeviceInfo fresh;
+  e = query_device_info(d, &fresh);
+  if (e != cudaSuccess) return e;
+  SpinGuard g(lock);
+  table[d] = fresh;
+  ready[d] = true;
+  *info = fresh;
+  return cudaSuccess;
+}
+
+// Raises `kernel`'s dynamic shared-memory limit to the device's opt-in maximum, once per
+// (device, kernel): later launches of any size up to that maximum need no further call.
+struct FuncDevKey {
+  const void* fn = nullptr;
+  int dev = -1;
+  bool operator==(const FuncDevKey& o) const { return fn == o.fn && dev == o.dev; }
+};
+inline cudaError_t allow_max_dynamic_smem(const void* kernel, int dev, int smem_optin) {
+  static PlanCache<FuncDevKey, int, 256> done;
+  const FuncDevKey key{kernel, dev};
+  int v = 0;
+  if (done.find(key, &v)) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_optin);
+  if (e != cudaSuccess) return e;
+  done.insert(key, 1);
+  return cudaSuccess;
+}
+
+// One cooperative launch (all blocks co-resident, or cudaErrorCooperativeLaunchTooLarge and
+// nothing runs).  Capturable in CUDA graphs (CUDA 12+).
+template <class... Params, class... Args>
+inline cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                      cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1] = {};
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
+}
 
 }  // namespace rgk

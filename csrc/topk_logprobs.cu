@@ -1,12 +1,20 @@
 // topk_logprobs: log-softmax and top-k of every row of logits, one pass, one launch.
 //
-//   x          = logits[b, 0:V]  (fp32 / bf16 / fp16, unit stride along V; read once, as fp32)
-//   lse        = max(x) + log(sum_v exp(x_v - max(x)))
-//   top        = the k largest finite x_v, descending; equal values: lower index first
-//   logp[b, i] = top[i] - lse    (-inf where top[i] or lse is not finite)
-//   ids[b, i]  = index of top[i]; slots past the row's finite entries hold logp = -inf and
-//                the smallest indices not used by the finite ones (distinct, valid).
-//   Shapes: logits [B, V] -> logp [B, k] fp32, ids [B, k] int64; 1 <= k <= 64, k <= V.
+// Semantics: the one rule for ties, NaN and inf of rgk/ops/__init__.py's docstring, i.e.
+//   x          = logits[b, 0:V] (fp32 / bf16 / fp16, unit stride along V; read once, as fp32),
+//                each entry sanitised on load: NaN -> -inf, +inf -> FLT_MAX (-inf stays: masked)
+//   m = max_v x_v,  s = sum_v exp(x_v - m),  logp_v = (x_v - m) - log(s)   (never x - lse(x):
+//                that loses the digits of logp on large offsets such as x ~ 1e6)
+//   order      = value descending, then vocabulary index ascending (ties: lower index first,
+//                so k = 1 is torch.argmax's token); the 64-bit selection keys encode exactly
+//                this order (value key above the inverted index), so it holds in every chunk
+//                and in the merge
+//   logp[b, i] = logp of the i-th finite entry in that order, ids[b, i] = its index;
+//   slots past the row's number of finite entries: logp = -inf and ids continuing the same
+//                order, i.e. the lowest-index -inf (incl. NaN) entries not already taken,
+//                ascending (an all -inf row gives ids 0, 1, ..., k - 1).
+//   Shapes: logits [B, V] -> logp [B, k] fp32, ids [B, k] int64; 1 <= k <= 64, k <= V,
+//   ceil(V / 8192) * k <= 8192 (limits: rgk_kernels.h, rgk/ops/_limits.py).
 //
 // Design.  The vocabulary of a row is cut into chunks of 256 * ITEMS entries, one block per
 // (row, chunk), so a single row still spreads over ~100+ SMs.  A block loads its chunk into
@@ -33,10 +41,14 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxK = 64;
+constexpr int kMaxK = RGK_TOPK_MAX_K;
+constexpr int kMaxItems = 32;                             // entries per thread per chunk
 constexpr int kCap = 2048;                                // compacted candidates per block
 constexpr int kMergeItems = 32;                           // merge: 256 x 32 candidate slots
 constexpr int kMaxCandidates = kThreads * kMergeItems;    // chunks per row * k
+static_assert(kMaxCandidates == RGK_TOPK_MAX_CANDIDATES, "rgk_kernels.h limit out of date");
+static_assert(kThreads * kMaxItems == RGK_TOPK_MAX_CHUNK, "rgk_kernels.h limit out of date");
+static_assert(kMaxK <= kThreads && kMaxK <= 64, "one thread per output slot");
 
 struct SelectSmem {
   unsigned long long buf[kCap];
@@ -61,14 +73,23 @@ template <int KS>
 struct KeyCodec {
   int ib;
   unsigned long long imask;
+  // FLT_MAX (a sanitised +inf) is the one value here that is no bf16/fp16 value: its low
+  // key bits are not zero, and truncating them would tie it with bf16's largest finite value
+  // (same top 16 bits).  Adding 1 to positive keys (bit 31 set) before the shift leaves every
+  // 16-bit value's key as it is (their dropped bits are zero) and carries FLT_MAX's key into
+  // that of +inf, above every finite 16-bit value; negative keys (dropped bits all ones) are
+  // left alone.  value() maps the +inf key back to FLT_MAX.
   __device__ __forceinline__ unsigned long long encode(float v, uint32_t idx) const {
-    return (static_cast<unsigned long long>(float_key(v) >> KS) << ib) | (imask - idx);
+    uint32_t fk = float_key(v);
+    if (KS > 0) fk += fk >> 31;
+    return (static_cast<unsigned long long>(fk >> KS) << ib) | (imask - idx);
   }
   __device__ __forceinline__ uint32_t index(unsigned long long c) const {
     return static_cast<uint32_t>(imask - (c & imask));
   }
   __device__ __forceinline__ float value(unsigned long long c) const {
     uint32_t key = static_cast<uint32_t>(c >> ib) << KS;
+    if (KS > 0 && key == 0xff800000u) return kFltMax;
     // negative floats map to ~bits, whose dropped low bits were all ones
     if (KS > 0 && !(key & 0x80000000u)) key |= (1u << KS) - 1u;
     return key_float(key);
@@ -309,6 +330,8 @@ __global__ void __launch_bounds__(kThreads) topk_logprobs_kernel(TopkParams p) {
       for (int e = 0; e < VEC; ++e) x[v * VEC + e] = e0 + e < p.V ? to_float(src[e0 + e]) : ninf;
     }
   }
+#pragma unroll
+  for (int j = 0; j < ITEMS; ++j) x[j] = sanitize(x[j]);
 
   float m = ninf;
 #pragma unroll
@@ -360,7 +383,7 @@ __global__ void __launch_bounds__(kThreads) topk_logprobs_kernel(TopkParams p) {
     }
   }
   S = block_sum<kThreads>(S, sm.fred);
-  const float lse = M + logf(S);
+  const float log_s = logf(S);  // S >= 1 when the row has a finite entry
 
   float y[kMergeItems];
 #pragma unroll
@@ -377,9 +400,11 @@ __global__ void __launch_bounds__(kThreads) topk_logprobs_kernel(TopkParams p) {
     float lp = ninf;
     int64_t id;
     if (tid < n2) {
+      // v and M are finite here (v is a sanitised finite entry, M >= v); v - M may still
+      // overflow to -inf (v = -FLT_MAX, M = FLT_MAX), as it does in the reference
       const float v = codec.value(sm.sorted[tid]);
       id = sm.ids[tid];
-      if (isfinite(v) && isfinite(lse)) lp = v - lse;
+      lp = (v - M) - log_s;
     } else {
       // the (tid - n2)-th smallest index not among the finite winners
       const int f = tid - n2;
@@ -406,17 +431,32 @@ struct Plan {
 // when the merge would see more than kMaxCandidates entries.
 Plan make_plan(int64_t B, int64_t V, int k, int sms) {
   auto chunks = [&](int items) { return ceil_div(V, static_cast<int64_t>(kThreads) * items); };
-  int items = 32;
+  int items = kMaxItems;
   while (items > 8 && B * chunks(items) < 2LL * sms) items /= 2;
-  while (items < 32 && chunks(items) * k > kMaxCandidates) items *= 2;
+  while (items < kMaxItems && chunks(items) * k > kMaxCandidates) items *= 2;
   return {items, chunks(items)};
 }
+
+// Upper bound over every SM count: the smallest chunks give the most slots.
+Plan worst_plan(int64_t B, int64_t V, int k) { return make_plan(B, V, k, 1 << 20); }
 
 size_t workspace_bytes(int64_t B, int64_t nchunks, int k) {
   const int64_t slots = B * nchunks;
   return align_up(static_cast<size_t>(slots * k) * sizeof(float), 256) +
          align_up(static_cast<size_t>(slots * k) * sizeof(int), 256) +
          align_up(static_cast<size_t>(slots) * sizeof(float2), 256);
+}
+
+// cudaSuccess, cudaErrorInvalidValue (outside the op's contract) or cudaErrorNotSupported
+// (beyond this kernel's limits; see rgk_kernels.h).
+cudaError_t check_shapes(int64_t B, int64_t V, int k, RgkDType dtype) {
+  if (B < 0 || V < 1 || k < 1 || k > V) return cudaErrorInvalidValue;
+  if (dtype != RGK_F32 && dtype != RGK_BF16 && dtype != RGK_F16) return cudaErrorInvalidValue;
+  if (k > kMaxK || B > RGK_MAX_GRID_X) return cudaErrorNotSupported;
+  // with the largest chunks (what make_plan falls back to) the merge must hold all lists
+  if (ceil_div(V, RGK_TOPK_MAX_CHUNK) * k > kMaxCandidates) return cudaErrorNotSupported;
+  if (B > 0 && B * worst_plan(B, V, k).nchunks > RGK_MAX_GRID_X) return cudaErrorNotSupported;
+  return cudaSuccess;
 }
 
 template <class T>
@@ -433,12 +473,16 @@ cudaError_t launch_typed(const TopkParams& p, int items, int64_t blocks, cudaStr
 }  // namespace
 }  // namespace rgk
 
+bool rgk_topk_logprobs_supported(int64_t B, int64_t V, int k, RgkDType dtype) {
+  return rgk::check_shapes(B, V, k, dtype) == cudaSuccess;
+}
+
 cudaError_t rgk_topk_logprobs_plan(int64_t B, int64_t V, int k, RgkTopkPlan* plan) {
   using namespace rgk;
-  if (B < 0 || V < 1 || k < 1 || k > kMaxK || k > V) return cudaErrorInvalidValue;
-  // Upper bound over every SM count: the smallest chunks give the most slots.
-  const Plan worst = make_plan(B, V, k, 1 << 20);
-  if (worst.nchunks * k > kMaxCandidates) return cudaErrorInvalidValue;
+  // the plan does not depend on the dtype: check the shapes as for fp32
+  const cudaError_t err = check_shapes(B, V, k, RGK_F32);
+  if (err != cudaSuccess) return err;
+  const Plan worst = worst_plan(B, V, k);
   plan->workspace_bytes = workspace_bytes(B, worst.nchunks, k);
   plan->sync_ints = RGK_SYNC_RESERVED + B;
   return cudaSuccess;
@@ -448,14 +492,19 @@ cudaError_t rgk_topk_logprobs_launch(const void* logits, RgkDType dtype, int64_t
                                      int64_t row_stride, int k, float* out_logp, int64_t* out_ids,
                                      void* workspace, int* sync, cudaStream_t stream) {
   using namespace rgk;
-  if (V < 1 || k < 1 || k > kMaxK || k > V || B < 0) return cudaErrorInvalidValue;
-  if (B == 0) return cudaSuccess;
-  int sms = 0;
-  cudaError_t err = current_sm_count(&sms);
+  cudaError_t err = check_shapes(B, V, k, dtype);
   if (err != cudaSuccess) return err;
-  const Plan plan = make_plan(B, V, k, sms);
-  const Plan worst = make_plan(B, V, k, 1 << 20);
-  if (plan.nchunks * k > kMaxCandidates || B * plan.nchunks > 0x7fffffffLL) return cudaErrorInvalidValue;
+  if (B == 0) return cudaSuccess;
+  if (logits == nullptr || out_logp == nullptr || out_ids == nullptr || workspace == nullptr || sync == nullptr)
+    return cudaErrorInvalidValue;
+  int dev = 0;
+  DeviceInfo info;
+  err = current_device(&dev, &info);
+  if (err != cudaSuccess) return err;
+  const Plan plan = make_plan(B, V, k, info.sms);
+  const Plan worst = worst_plan(B, V, k);
+  // make_plan never gives more chunks than the worst case, whose limits check_shapes checked
+  if (plan.nchunks * k > kMaxCandidates || plan.nchunks > worst.nchunks) return cudaErrorNotSupported;
 
   TopkParams p;
   p.logits = logits;
