@@ -1,12 +1,19 @@
 """Speed targets of the fused kernels and the summary of a benchmark run.
 
-    python benchmarks/_targets.py RESULTS... [--out-dir benchmarks/results] [--stamp NAME]
+    python benchmarks/_targets.py RESULTS... [--out-dir DIR] [--quick] [--no-gpu]
 
 RESULTS are pytest-benchmark JSON files (--benchmark-json) and/or the JSONL records the
 suites append to $RGK_BENCH_RECORDS (see _timing.py); the same measurement read twice counts
-once.  Prints ONE table — target, case, fused implementation, timing mode, baseline median,
-fused median, measured ratio, required ratio, PASS/FAIL — and writes
-<out-dir>/gpu_check_<stamp>.csv and .png (ratios against the targets; matplotlib needed).
+once; missing files are skipped.  Prints ONE table — target, case, fused implementation,
+timing mode, baseline median, fused median, measured ratio, required ratio, verdict — and
+writes DIR/targets.md, DIR/targets.csv and DIR/targets.png (matplotlib needed for the PNG).
+
+Verdicts: PASS / FAIL when both sides were measured in the same run; "not measured" when a
+planned row has no measurement (the note says why: "waits for GPU" with --no-gpu, else
+skipped, killed at its time limit or errored); "reported" for end-to-end figures that have
+no required ratio (ARGS).  No figure is ever filled in that was not measured.  The planned
+rows are every case of QUICK_CASES with --quick (the cases `gpu_check.sh --quick` runs), else
+every case found in the results, and at least one row per target.
 
 A row passes when baseline_median / fused_median >= required, both measured in the same run
 in the target's mode, and the fused output matched the reference in that run.  Timing modes
@@ -15,6 +22,8 @@ Python loop.  Kernel-level targets are judged on graph time (a stricter test tha
 PyTorch compositions are several launches, whose Python overhead it leaves out); argre_refine
 is judged on eager time because its baseline is a Python autograd loop.  When a side could
 not be captured in a graph, that row falls back to eager for both sides and says so.
+Exit status: 0 when every row is PASS or reported, 1 when any row FAILs, 2 when nothing
+failed but some row was not measured.
 """
 from __future__ import annotations
 
@@ -22,8 +31,8 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
-import time
 
 TARGETS = [
     dict(op="topk_logprobs", target="topk_logprobs >= 4x log_softmax+topk (bf16)",
@@ -35,14 +44,35 @@ TARGETS = [
     dict(op="reward_select", target="reward_select >= 3x PyTorch composition",
          baselines=["torch_reference"], mode="graph", required=lambda r: 3.0),
     dict(op="argre_refine", target="argre_refine >= 20x (B=1) / 5x (B=64) autograd loop",
-         baselines=["torch_autograd"], mode="eager", required=lambda r: 20.0 if r.get("B") == 1 else 5.0),
+         baselines=["torch_autograd"], mode="eager", required=lambda r: 20.0 if r.get("B") == 1 else 5.0,
+         required_label="20x at B=1, 5x at B>1"),
     # end to end: unedited / edited per-token time >= 1/1.05, i.e. editing adds <= 5%
     dict(op="argre_generate", target="ARGRE editing adds <= 5% per generated token (ratio >= 0.952)",
-         baselines=["unedited"], mode="eager", required=lambda r: 1 / 1.05, measured_only=True),
+         baselines=["unedited"], mode="eager", required=lambda r: 1 / 1.05, fused=["cuda", "triton", "torch"],
+         measured_only=True),
+    # end to end, no required ratio: greedy generate's time per token over each ARGS variant's
+    dict(op="args_e2e", target="ARGS end to end: greedy generate / ARGS time per token (reported)",
+         baselines=["greedy generate"], mode="eager", required=None,
+         fused=["ARGS native, shared head", "ARGS native, reward model", "ARGS LogitsProcessor",
+                "naive ARGS reference"]),
 ]
 FUSED = ["cuda", "triton"]
+
+# The cases that decide each target in `gpu_check.sh --quick` (a small-batch and a large-batch
+# case per kernel; the end-to-end cases at the suites' CUDA shapes).  The benchmark suites run
+# exactly these when RGK_BENCH_QUICK=1 (_timing.quick_cases); tests/test_gpu_check.py checks
+# that every id is one of its suite's case ids.
+QUICK_CASES = {
+    "topk_logprobs": ["B1-V128256-k10", "B64-V262144-k10"],
+    "fork_attention": ["B1-L4096-h32x8-d128", "B8-L2048-h9x3-d64"],
+    "reward_select": ["linear-B1-d576", "mlp1024-B64-d2048"],
+    "argre_refine": ["B1-d2048", "B64-d2048"],
+    "argre_generate": ["B1-P32-N64"],
+    "args_e2e": ["B8-P256-N32-k10"],
+}
 COLUMNS = ["target", "case", "fused", "mode", "baseline", "baseline_ms", "fused_ms", "ratio", "required", "verdict",
            "note"]
+NOT_MEASURED = "not measured"
 
 
 def load_records(paths: list[str]) -> list[dict]:
@@ -70,7 +100,7 @@ def load_records(paths: list[str]) -> list[dict]:
                     except json.JSONDecodeError:
                         print(f"[summary] {path}: unreadable line skipped", file=sys.stderr)
         for r in items:
-            if {"op", "case", "impl"} <= r.keys():
+            if isinstance(r, dict) and {"op", "case", "impl"} <= r.keys():
                 recs[(r["op"], r["case"], r["impl"])] = r
     return list(recs.values())
 
@@ -83,44 +113,68 @@ def _fmt_ms(x):
     return "-" if x is None else (f"{x * 1000:.1f} us" if x < 1 else f"{x:.3f} ms")
 
 
-def evaluate(records: list[dict]) -> list[dict]:
+def _case_key(case: str):
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", case)]
+
+
+def evaluate(records: list[dict], quick: bool = False, why_missing: str = "") -> list[dict]:
+    """One row per (target, planned case, fused implementation)."""
     by_case: dict[tuple, dict[str, dict]] = {}
     for r in records:
         by_case.setdefault((r["op"], r["case"]), {})[r["impl"]] = r
     rows = []
     for t in TARGETS:
-        cases = sorted((c for (op, c) in by_case if op == t["op"]), key=_case_key)
+        found = {c for (op, c) in by_case if op == t["op"]}
+        planned = set(QUICK_CASES.get(t["op"], [])) if quick else set()
+        cases = sorted(found | planned, key=_case_key)
+        if not cases:
+            rows.append(_missing(t, "all cases", "-", why_missing or "no measurement in the results"))
+            continue
         for case in cases:
-            impls = by_case[(t["op"], case)]
-            any_rec = next(iter(impls.values()))
-            for fused in FUSED:
-                if t.get("measured_only") and fused not in impls:
-                    continue  # end-to-end rows time only the implementation the default dispatch picked
-                rows.append(_row(t, case, fused, impls, any_rec))
+            impls = by_case.get((t["op"], case), {})
+            fused_names = t.get("fused", FUSED)
+            if t.get("measured_only"):  # end to end: only the implementation the default dispatch picked
+                present = [f for f in fused_names if f in impls]
+                if not present:
+                    rows.append(_missing(t, case, "default", why_missing or "not measured in this run"))
+                    continue
+                fused_names = present
+            for fused in fused_names:
+                rows.append(_row(t, case, fused, impls, why_missing))
     return rows
 
 
-def _case_key(case: str):
-    import re
-    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", case)]
-
-
-def _row(t, case, fused, impls, any_rec) -> dict:
-    required = t["required"](any_rec)
+def _missing(t, case, fused, note) -> dict:
     row = dict(target=t["target"], case=case, fused=fused, mode=t["mode"], baseline="-", baseline_ms=None,
-               fused_ms=None, ratio=None, required=required, verdict="FAIL", note="")
+               fused_ms=None, ratio=None, required=None, verdict=NOT_MEASURED, note=note)
+    if t["required"] is not None:
+        if t.get("required_label") and case == "all cases":
+            row["required_label"] = t["required_label"]  # depends on the case: no single number
+        else:
+            row["required"] = t["required"]({})
+    return row
+
+
+def _row(t, case, fused, impls, why_missing="") -> dict:
     f = impls.get(fused)
+    ctx = dict(f or next(iter(impls.values()), {}))
+    m = re.search(r"(?:^|-)B(\d+)(?:-|$)", case)  # the batch size, also when nothing was measured
+    if "B" not in ctx and m:
+        ctx["B"] = int(m.group(1))
+    row = _missing(t, case, fused, "")
+    row["required"] = None if t["required"] is None else t["required"](ctx)
     if f is None:
-        row["note"] = "not measured (skipped or missing)"
+        row["note"] = why_missing or "not measured (skipped, cut at its time limit, or not built)"
         return row
     if f.get("error"):
+        row["verdict"] = "FAIL"
         row["note"] = "error: " + f["error"][:120]
         return row
     notes = []
     mode = t["mode"]
     bases = [impls[b] for b in t["baselines"] if b in impls and not impls[b].get("error")]
     if not bases:
-        row["note"] = "no baseline measured"
+        row["note"] = "baseline not measured"
         return row
     if mode == "graph" and (_ms(f, "graph") is None or any(_ms(b, "graph") is None for b in bases)):
         mode = "eager"
@@ -140,22 +194,45 @@ def _row(t, case, fused, impls, any_rec) -> dict:
         if f.get("copy_gbps"):
             note += f" ({100 * gbps / f['copy_gbps']:.0f}% of {f['copy_gbps']:.0f} GB/s copy)"
         notes.append(note)
+    if t["op"] == "args_e2e":
+        naive = impls.get("naive ARGS reference")
+        if naive and _ms(naive, mode) and fused != naive["impl"]:
+            notes.append(f"{_ms(naive, mode) / fms:.1f}x faster than the naive reference")
+        if f.get("weights"):
+            notes.append(f"{f['weights']} weights")
     other = "graph" if mode == "eager" else "eager"
     if _ms(base, other) and _ms(f, other):
         notes.append(f"{other} ratio {_ms(base, other) / _ms(f, other):.1f}x")
-    row["verdict"] = "PASS" if row["ratio"] >= required and f.get("correct") is not False else "FAIL"
+    if row["required"] is None:
+        row["verdict"] = "reported"
+    else:
+        row["verdict"] = "PASS" if row["ratio"] >= row["required"] and f.get("correct") is not False else "FAIL"
     row["note"] = "; ".join(notes)
     return row
 
 
+def _cells(r: dict) -> list[str]:
+    base = "-" if r["baseline_ms"] is None else f"{_fmt_ms(r['baseline_ms'])} ({r['baseline']})"
+    return [r["target"], r["case"], r["fused"], r["mode"], base, _fmt_ms(r["fused_ms"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.2f}x",
+            r.get("required_label") or ("-" if r["required"] is None else f"{r['required']:.3g}x"), r["verdict"],
+            r["note"]]
+
+
+HEAD = ["target", "case", "fused", "mode", "baseline median", "fused median", "ratio", "required", "verdict", "note"]
+
+
+def tally(rows: list[dict]) -> str:
+    n = {v: sum(r["verdict"] == v for r in rows) for v in ("PASS", "FAIL", NOT_MEASURED, "reported")}
+    return (f"{n['PASS']} PASS, {n['FAIL']} FAIL, {n[NOT_MEASURED]} not measured, {n['reported']} reported "
+            f"of {len(rows)} rows")
+
+
 def print_table(rows: list[dict], device: str) -> None:
     print(f"\nrgk fused-kernel targets — {device}")
-    head = ["target", "case", "fused", "mode", "baseline median", "fused median", "ratio", "required", "verdict"]
-    body = [[r["target"], r["case"], r["fused"], r["mode"], f"{_fmt_ms(r['baseline_ms'])} ({r['baseline']})",
-             _fmt_ms(r["fused_ms"]), "-" if r["ratio"] is None else f"{r['ratio']:.2f}x", f"{r['required']:g}x",
-             r["verdict"]] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
+    body = [_cells(r) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(HEAD[:-1])]
+    line = "  ".join(h.ljust(w) for h, w in zip(HEAD, widths))
     print(line)
     print("-" * len(line))
     last = None
@@ -163,14 +240,26 @@ def print_table(rows: list[dict], device: str) -> None:
         if last is not None and r["target"] != last:
             print()
         last = r["target"]
-        print("  ".join(x.ljust(w) for x, w in zip(b, widths)) + (f"   {r['note']}" if r["note"] else ""))
-    n_pass = sum(r["verdict"] == "PASS" for r in rows)
-    print(f"\n{n_pass} PASS, {len(rows) - n_pass} FAIL of {len(rows)} rows")
+        print("  ".join(x.ljust(w) for x, w in zip(b, widths)) + (f"   {b[-1]}" if b[-1] else ""))
+    print(f"\n{tally(rows)}")
+
+
+def write_markdown(rows: list[dict], path: str, device: str, title: str) -> None:
+    def esc(x):
+        return str(x).replace("|", "\\|")
+    with open(path, "w") as f:
+        f.write(f"# {title}\n\nDevice: {device}.  {tally(rows)}.\n\n")
+        f.write("| " + " | ".join(HEAD) + " |\n|" + " --- |" * len(HEAD) + "\n")
+        for r in rows:
+            f.write("| " + " | ".join(esc(c) for c in _cells(r)) + " |\n")
+        f.write("\nratio = baseline median / fused median, both from this run in the row's timing mode "
+                "(graph: CUDA-graph replay device time; eager: per-call time from a Python loop).  "
+                "\"not measured\" rows carry no figure.\n")
 
 
 def write_csv(rows: list[dict], path: str, device: str) -> None:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS + ["device"])
+        w = csv.DictWriter(f, fieldnames=COLUMNS + ["device"], extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({**r, "device": device})
@@ -185,21 +274,35 @@ def plot(rows: list[dict], path: str, device: str) -> bool:
         print("[summary] matplotlib is not installed: no PNG (re-run this script where it is)", file=sys.stderr)
         return False
     shown = [r for r in rows if r["ratio"] is not None]
-    if not shown:
-        return False
+    if not shown:  # a picture of what is missing, with no number in it
+        targets = list(dict.fromkeys(r["target"] for r in rows))
+        fig, ax = plt.subplots(figsize=(9, 0.35 * len(targets) + 1.2))
+        ax.axis("off")
+        ax.set_title(f"rgk targets — {device}: no measurement", fontsize=9)
+        for i, t in enumerate(targets):
+            note = next((r["note"] for r in rows if r["target"] == t and r["note"]), "")
+            ax.text(0.0, 1 - (i + 0.5) / len(targets), f"{t}: not measured" + (f" ({note})" if note else ""),
+                    fontsize=7, va="center", transform=ax.transAxes)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        return True
     fig, ax = plt.subplots(figsize=(11, max(3.0, 0.22 * len(shown) + 1.5)))
     ys = list(range(len(shown)))[::-1]
-    colors = ["tab:green" if r["verdict"] == "PASS" else "tab:red" for r in shown]
+    colors = ["tab:green" if r["verdict"] == "PASS" else "tab:grey" if r["verdict"] == "reported" else "tab:red"
+              for r in shown]
     ax.barh(ys, [r["ratio"] for r in shown], color=colors, height=0.7)
-    ax.scatter([r["required"] for r in shown], ys, marker="|", s=120, color="black", zorder=3, label="required")
+    req = [(y, r["required"]) for y, r in zip(ys, shown) if r["required"] is not None]
+    if req:
+        ax.scatter([q for _, q in req], [y for y, _ in req], marker="|", s=120, color="black", zorder=3,
+                   label="required")
+        ax.legend(loc="lower right", fontsize=7)
     ax.set_yticks(ys)
     ax.set_yticklabels([f"{r['target'].split(' ')[0]} {r['case']} [{r['fused']}, vs {r['baseline']}]" for r in shown],
                        fontsize=6)
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("speed-up over the PyTorch baseline (log scale); bar green = meets its target")
+    ax.set_xlabel("speed-up over the PyTorch baseline (log scale); green = meets its target, grey = reported only")
     ax.set_title(f"rgk fused kernels vs PyTorch — {device}", fontsize=9)
-    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
@@ -210,23 +313,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="*", help="pytest-benchmark JSON files and/or JSONL record files")
     p.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    p.add_argument("--stamp", default=time.strftime("%Y%m%d-%H%M%S"))
+    p.add_argument("--quick", action="store_true", help="plan the rows of QUICK_CASES (gpu_check.sh --quick)")
+    p.add_argument("--no-gpu", action="store_true", help="this run had no CUDA device: missing rows wait for GPU")
+    p.add_argument("--title", default="rgk GPU check: targets")
     a = p.parse_args(argv)
     records = load_records(a.results)
     if not records:
-        print("[summary] no benchmark records found: nothing to compare")
-        return 1
-    device = next((r.get("device") for r in records if r.get("device")), "unknown device")
-    rows = evaluate(records)
+        print("[summary] no benchmark records found" + (" (no CUDA device in this run)" if a.no_gpu else ""))
+    device = next((r.get("device") for r in records if r.get("device")), None)
+    device = device or ("no CUDA device" if a.no_gpu else "unknown device")
+    rows = evaluate(records, quick=a.quick, why_missing="waits for GPU" if a.no_gpu else "")
     print_table(rows, device)
     os.makedirs(a.out_dir, exist_ok=True)
-    csv_path = os.path.join(a.out_dir, f"gpu_check_{a.stamp}.csv")
-    write_csv(rows, csv_path, device)
-    print(f"[summary] wrote {csv_path}")
-    png = os.path.join(a.out_dir, f"gpu_check_{a.stamp}.png")
-    if plot(rows, png, device):
-        print(f"[summary] wrote {png}")
-    return 0 if rows and all(r["verdict"] == "PASS" for r in rows) else 1
+    paths = {ext: os.path.join(a.out_dir, f"targets.{ext}") for ext in ("md", "csv", "png")}
+    write_markdown(rows, paths["md"], device, a.title)
+    write_csv(rows, paths["csv"], device)
+    wrote = [paths["md"], paths["csv"]]
+    if plot(rows, paths["png"], device):
+        wrote.append(paths["png"])
+    print(f"[summary] wrote {', '.join(wrote)}")
+    if any(r["verdict"] == "FAIL" for r in rows):
+        return 1
+    return 2 if any(r["verdict"] == NOT_MEASURED for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -39,6 +39,25 @@ CUDA = torch.cuda.is_available()
 requires_cuda = pytest.mark.skipif(not CUDA, reason="kernel benchmarks need a CUDA device")
 
 
+def quick() -> bool:
+    """RGK_BENCH_QUICK=1 (set by `gpu_check.sh --quick`): run only the cases that decide each
+    target (_targets.QUICK_CASES) and fewer rounds of the end-to-end benchmarks."""
+    return os.environ.get("RGK_BENCH_QUICK") == "1"
+
+
+def quick_cases(op: str, cases: list, case_id) -> list:
+    """`cases`, or in quick mode those whose case_id(case) is in _targets.QUICK_CASES[op]."""
+    if not quick():
+        return cases
+    from _targets import QUICK_CASES
+    want = QUICK_CASES[op]
+    picked = [c for c in cases if case_id(c) in want]
+    missing = sorted(set(want) - {case_id(c) for c in picked})
+    if missing:
+        raise RuntimeError(f"_targets.QUICK_CASES[{op!r}] names cases this suite does not have: {missing}")
+    return picked
+
+
 def records_path() -> str:
     return os.environ.get("RGK_BENCH_RECORDS") or os.path.join(HERE, "results", "records.jsonl")
 

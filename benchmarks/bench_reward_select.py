@@ -19,7 +19,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, requires_cuda, run_case, triton_fn  # noqa: E402
+from _timing import (HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, quick_cases, requires_cuda, run_case,  # noqa: E402
+                     triton_fn)
 
 if not HAVE_PYTEST_BENCHMARK:
     from _timing import benchmark  # noqa: F401,E402
@@ -34,9 +35,12 @@ CASES = ([("linear", B, d, 0, 0.0) for d in (576, 2048, 4096) for B in (1, 8, 64
 IMPLS = [("cuda", "fused"), ("triton", "fused"), ("torch_reference", "baseline")]
 
 
-def _case_id(c):
+def case_id(c):
     head, B, d, m, t = c
     return f"{head}{m or ''}-B{B}-d{d}" + (f"-t{t}" if t else "")
+
+
+CASES = quick_cases(OP, CASES, case_id)  # RGK_BENCH_QUICK=1: the cases that decide the target
 
 
 def _inputs(B, d, m, temperature, n):
@@ -58,7 +62,7 @@ def _inputs(B, d, m, temperature, n):
 
 
 @pytest.mark.parametrize("impl,role", IMPLS, ids=[i for i, _ in IMPLS])
-@pytest.mark.parametrize("head_kind,B,d,m,temperature", CASES, ids=[_case_id(c) for c in CASES])
+@pytest.mark.parametrize("head_kind,B,d,m,temperature", CASES, ids=[case_id(c) for c in CASES])
 def test_reward_select(benchmark, head_kind, B, d, m, temperature, impl, role):
     head, rows = _inputs(B, d, m, temperature, copies_for(B * K * d * 2))
     kw = dict(reward_weight=1.5, temperature=temperature)
@@ -80,6 +84,6 @@ def test_reward_select(benchmark, head_kind, B, d, m, temperature, impl, role):
         mismatches = int((index != want[1]).sum())
         return err <= 1e-3 and mismatches <= max(1, B // 20) and torch.equal(token, ids.gather(1, index[:, None])[:, 0]), err
 
-    run_case(benchmark, op=OP, case=_case_id((head_kind, B, d, m, temperature)), impl=impl, role=role, make=make,
+    run_case(benchmark, op=OP, case=case_id((head_kind, B, d, m, temperature)), impl=impl, role=role, make=make,
              check=check, extra=dict(B=B, K=K, d=d, m=m, head=head_kind, temperature=temperature,
                                      dtype="bfloat16"))

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, requires_cuda, run_case, triton_fn  # noqa: E402
+from _timing import (HAVE_PYTEST_BENCHMARK, copies_for, cuda_op, quick_cases, requires_cuda, run_case,  # noqa: E402
+                     triton_fn)
 
 if not HAVE_PYTEST_BENCHMARK:
     from _timing import benchmark  # noqa: F401,E402
@@ -27,6 +28,13 @@ from rgk.ops import reference  # noqa: E402
 pytestmark = requires_cuda
 OP = "topk_logprobs"
 CASES = [(B, V, 10) for B in (1, 8, 64) for V in (32000, 128256, 262144)] + [(1, 128256, 64), (64, 128256, 64)]
+
+
+def case_id(c):
+    return "B{}-V{}-k{}".format(*c)
+
+
+CASES = quick_cases(OP, CASES, case_id)  # RGK_BENCH_QUICK=1: the cases that decide the target
 IMPLS = [("cuda", "fused"), ("triton", "fused"), ("torch_log_softmax_topk", "baseline"),
          ("torch_topk_logsumexp", "baseline")]
 
@@ -43,7 +51,7 @@ def _inputs(B, V):
 
 
 @pytest.mark.parametrize("impl,role", IMPLS, ids=[i for i, _ in IMPLS])
-@pytest.mark.parametrize("B,V,k", CASES, ids=[f"B{b}-V{v}-k{k}" for b, v, k in CASES])
+@pytest.mark.parametrize("B,V,k", CASES, ids=[case_id(c) for c in CASES])
 def test_topk_logprobs(benchmark, B, V, k, impl, role):
     xs = _inputs(B, V)
     want_logp, _ = reference.topk_logprobs(xs[0], k)
@@ -66,5 +74,5 @@ def test_topk_logprobs(benchmark, B, V, k, impl, role):
         same_values = torch.equal(xs[0].float().gather(1, ids), want_vals)
         return err <= 1e-4 and same_values, err
 
-    run_case(benchmark, op=OP, case=f"B{B}-V{V}-k{k}", impl=impl, role=role, make=make,
+    run_case(benchmark, op=OP, case=case_id((B, V, k)), impl=impl, role=role, make=make,
              check=check if role == "fused" else None, extra=dict(B=B, V=V, k=k, dtype="bfloat16"))

@@ -3,6 +3,8 @@
   direct     rgk._C.<op>(...)        pybind11 straight into the C++ implementation
   torch.ops  torch.ops.rgk.<op>(...) the PyTorch dispatcher (what torch.compile and graphs see)
   rgk.ops    rgk.ops.<op>(...)       input validation in Python, then torch.ops (RGK_BACKEND=cuda)
+  unchecked  rgk.ops.<op>(..., check=False), where the op has that fast path (validation off the
+             per-layer hot path); "-" where it does not
 
 Host time per call is measured without synchronising inside the loop (the launch queue
 does not fill in 200 calls), so it is the CPU cost of issuing one call; "graph" is the
@@ -14,6 +16,7 @@ overhead remains.  Prints a table; --json writes the numbers.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -63,12 +66,22 @@ def main() -> int:
                          lambda: torch.ops.rgk.argre_refine(h, mw1, mb1, mw2, mb2, u, 1.0, 1.0, 5, 0.5),
                          lambda: ops.argre_refine(h, mw1, mb1, mw2, mb2, u, 1.0)),
     }
+    unchecked = {
+        "topk_logprobs": lambda: ops.topk_logprobs(x, 10, check=False),
+        "fork_attention": lambda: ops.fork_attention(q, kc, kc, kn, kn, cs, ce, 0.125, check=False),
+        "reward_select": lambda: ops.reward_select(hid, lp, ids, w1, b1, reward_weight=1.5, check=False),
+        "argre_refine": lambda: ops.argre_refine(h, mw1, mb1, mw2, mb2, u, 1.0, check=False),
+    }
     results = {}
     print(f"per-call host overhead, us (median of 7 rounds of {a.calls} calls) — {torch.cuda.get_device_name()}")
-    print(f"{'op':16s} {'direct':>8s} {'torch.ops':>10s} {'rgk.ops':>8s} {'dispatcher +':>13s} {'graph (device)':>15s}")
+    print(f"{'op':16s} {'direct':>8s} {'torch.ops':>10s} {'rgk.ops':>8s} {'unchecked':>10s} {'dispatcher +':>13s} "
+          f"{'graph (device)':>15s}")
     for op, fns in cases.items():
         row = {}
-        for name, fn in zip(("direct", "torch.ops", "rgk.ops"), fns):
+        names = ["direct", "torch.ops", "rgk.ops"]
+        if "check" in inspect.signature(getattr(ops, op)).parameters:
+            fns, names = (*fns, unchecked[op]), names + ["unchecked"]
+        for name, fn in zip(names, fns):
             for _ in range(20):
                 fn()
             torch.cuda.synchronize()
@@ -105,7 +118,8 @@ def main() -> int:
         row["dispatcher_overhead"] = row["torch.ops"] - row["direct"]
         results[op] = row
         gd = "-" if row["graph_device"] is None else f"{row['graph_device']:.1f}"
-        print(f"{op:16s} {row['direct']:8.1f} {row['torch.ops']:10.1f} {row['rgk.ops']:8.1f} "
+        un = "-" if "unchecked" not in row else f"{row['unchecked']:.1f}"
+        print(f"{op:16s} {row['direct']:8.1f} {row['torch.ops']:10.1f} {row['rgk.ops']:8.1f} {un:>10s} "
               f"{row['dispatcher_overhead']:+13.1f} {gd:>15s}")
     if a.json:
         with open(a.json, "w") as f:

@@ -2,12 +2,15 @@
 that benchmarks/gpu_check.sh runs under compute-sanitizer — and parses the sanitizer's report
 into clean / not clean per kernel.
 
-    python benchmarks/sanitize_driver.py [--ops a,b] [--smoke]
+    python benchmarks/sanitize_driver.py [--ops a,b] [--smoke] [--quick]
         runs the ops; prints "RGK_SANITIZE <op> begin|end ok|end error" markers.  --smoke also
         compares each result with rgk.ops.reference, replays a CUDA-graph capture of the op on
         new inputs, and traces it with torch.compile(fullgraph=True) (the fake kernels).
-    python benchmarks/sanitize_driver.py --parse LOG --tool memcheck|racecheck [--json OUT]
-        reads a compute-sanitizer log of the first form and reports per kernel.
+        --quick runs only QUICK's cases: one per op, and for the two ticket-merge kernels
+        (topk_logprobs, fork_attention) cases that split each row over several blocks, so
+        that racecheck sees the merge (`gpu_check.sh --quick`).
+    python benchmarks/sanitize_driver.py --parse LOG --tool memcheck|racecheck [--ops a,b] [--json OUT]
+        reads a compute-sanitizer log of the first form and reports per kernel (of --ops).
 
 Run it under the sanitizer with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so that every tensor is
 its own allocation and an out-of-bounds access is caught at the tensor's edge.
@@ -22,12 +25,22 @@ import sys
 import traceback
 
 OPS = ["topk_logprobs", "fork_attention", "reward_select", "argre_refine"]
+# --quick: the cases run (by description).  topk B2 V20000 splits each row into 10 chunks and
+# fork L700 into 5 KV splits (both merge by ticket); fork runs its tensor-core (bf16) and its
+# simple (fp32) kernel.
+QUICK = {
+    "topk_logprobs": ["torch.bfloat16 B2 V20000 k64 -inf"],
+    "fork_attention": ["torch.bfloat16 B1 h8x2 K10 D128 L700", "torch.float32 B1 h8x2 K10 D128 L700"],
+    "reward_select": ["torch.bfloat16 B2 K10 d64 m40 t0.0"],
+    "argre_refine": ["torch.bfloat16 B3 d100 m48 steps2"],
+}
 KERNEL_NAMES = {"topk_logprobs": "topk_logprobs_kernel", "fork_attention": "fork_attention_",
                 "reward_select": "reward_select_", "argre_refine": "argre_refine_kernel"}
 
 
-def _cases(op, torch, dev):
-    """(description, thunk returning (fused output, reference output, tolerance)) for one op."""
+def _cases(op, torch, dev, quick=False):
+    """(description, thunk returning (fused output, reference output, tolerance)) for one op;
+    with quick=True only the cases QUICK names."""
     from rgk.ops import reference
     g = torch.Generator().manual_seed(0)
     dtypes = [torch.float32, torch.bfloat16, torch.float16]
@@ -93,6 +106,12 @@ def _cases(op, torch, dev):
                     want = reference.argre_refine(h, w1, b1, w2, b2, u, r_plus, beta=1.0, n_steps=steps, step_size=0.5)
                     return got, want, tol[dt]
                 out.append((f"{dt} B{B} d{d} m{m} steps{steps}", run))
+    if quick:
+        picked = [c for c in out if c[0] in QUICK[op]]
+        missing = set(QUICK[op]) - {c[0] for c in picked}
+        if missing:
+            raise RuntimeError(f"sanitize_driver.QUICK[{op!r}] names cases that do not exist: {sorted(missing)}")
+        out = picked
     return out
 
 
@@ -153,7 +172,7 @@ def _graph_and_compile(op, torch, dev) -> list[tuple[bool, str]]:
     return msgs
 
 
-def run(ops: list[str], smoke: bool) -> int:
+def run(ops: list[str], smoke: bool, quick: bool = False) -> int:
     import torch
     from rgk.ops import _backend
     if not torch.cuda.is_available():
@@ -167,7 +186,7 @@ def run(ops: list[str], smoke: bool) -> int:
     for op in ops:
         print(f"RGK_SANITIZE {op} begin", flush=True)
         status = "ok"
-        for desc, thunk in _cases(op, torch, dev):
+        for desc, thunk in _cases(op, torch, dev, quick):
             try:
                 got, want, tol = thunk()
                 torch.cuda.synchronize()
@@ -197,10 +216,10 @@ def run(ops: list[str], smoke: bool) -> int:
     return 1 if bad else 0
 
 
-def parse(log_path: str, tool: str, json_out: str | None) -> int:
-    """Per-op verdict from a compute-sanitizer log of `run`."""
+def parse(log_path: str, tool: str, json_out: str | None, ops: list[str] | None = None) -> int:
+    """Per-op verdict (of `ops`, default all) from a compute-sanitizer log of `run`."""
     text = open(log_path, errors="replace").read().splitlines()
-    result = {op: {"reached": False, "finished": None, "issues": 0, "examples": []} for op in OPS}
+    result = {op: {"reached": False, "finished": None, "issues": 0, "examples": []} for op in (ops or OPS)}
     current = None
     summary = None
     issue = re.compile(r"^=========\s+(Invalid|Error|Race|.*[Hh]azard|Program hit|Uninitialized|Barrier|Out-of-range|"
@@ -259,13 +278,18 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--quick", action="store_true")
     p.add_argument("--parse")
     p.add_argument("--tool", default="memcheck")
     p.add_argument("--json")
     a = p.parse_args()
+    ops = [o for o in a.ops.split(",") if o]
+    unknown = sorted(set(ops) - set(OPS))
+    if unknown:
+        p.error(f"--ops: unknown op(s) {unknown}; expected some of {OPS}")
     if a.parse:
-        return parse(a.parse, a.tool, a.json)
-    return run([o for o in a.ops.split(",") if o], a.smoke)
+        return parse(a.parse, a.tool, a.json, ops)
+    return run(ops, a.smoke, a.quick)
 
 
 if __name__ == "__main__":

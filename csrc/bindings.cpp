@@ -5,8 +5,12 @@
 // about torch.
 #include <torch/extension.h>
 
-#include <ATen/cuda/CUDAContext.h>
+// Only c10's stream and guard headers: ATen/cuda/CUDAContext.h would pull in cuBLAS, cuSPARSE
+// and cuSOLVER headers that a plain CUDA toolkit may not carry (tests/test_csrc_compile.py
+// compile-checks this file against the CPU wheel's headers plus the toolkit's).
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
@@ -56,25 +60,116 @@ at::Tensor unit_last(const at::Tensor& t) { return t.size(-1) <= 1 || t.stride(-
 
 at::Tensor as_float_contig(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
-// Zeroed int32 scratch shared by the launches of one (device, stream) pair (ticket counters
-// and the grid barrier; the kernels leave it zeroed).  Launches on one stream never overlap,
-// so one buffer per stream suffices.  Buffers are never freed: a CUDA graph captured with a
-// buffer keeps using its address.
-int* sync_buffer(const at::Tensor& like, cudaStream_t stream, int64_t n_ints) {
-  struct Entry {
-    at::Tensor current;
-    std::vector<at::Tensor> retired;
-  };
+// Per-device properties, read once per device (cudaDeviceGetAttribute) and cached: nothing
+// on the per-call path queries the driver for them again.
+struct DeviceProps {
+  int sms = 0;         // multiprocessors
+  int smem_optin = 0;  // shared memory per block after cudaFuncSetAttribute opt-in, bytes
+  int major = 0, minor = 0;
+};
+
+const DeviceProps& device_props(int dev) {
   static std::mutex mu;
-  static auto* buffers = new std::map<std::pair<int, cudaStream_t>, Entry>();  // leaked on purpose
+  static auto* cache = new std::map<int, DeviceProps>();  // leaked on purpose (used at exit)
   std::lock_guard<std::mutex> lock(mu);
-  Entry& e = (*buffers)[{static_cast<int>(like.get_device()), stream}];
-  if (!e.current.defined() || e.current.numel() < n_ints) {
-    if (e.current.defined()) e.retired.push_back(e.current);
-    const int64_t size = std::max<int64_t>(4096, n_ints * 2);
-    e.current = at::zeros({size}, like.options().dtype(at::kInt));
+  auto it = cache->find(dev);
+  if (it != cache->end()) return it->second;
+  DeviceProps p;
+  const cudaDeviceAttr attrs[] = {cudaDevAttrMultiProcessorCount, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                  cudaDevAttrComputeCapabilityMajor, cudaDevAttrComputeCapabilityMinor};
+  int* dst[] = {&p.sms, &p.smem_optin, &p.major, &p.minor};
+  for (int i = 0; i < 4; ++i) {
+    const cudaError_t err = cudaDeviceGetAttribute(dst[i], attrs[i], dev);
+    TORCH_CHECK(err == cudaSuccess, "rgk: cannot read the properties of CUDA device ", dev, ": ",
+                cudaGetErrorString(err));
   }
-  return e.current.data_ptr<int>();
+  return cache->emplace(dev, p).first->second;
+}
+
+// ---- Zeroed int32 scratch: the ticket counters and the grid barrier of the split kernels.
+// The kernels leave it as they found it, so one buffer per (device, stream) serves every launch
+// on that stream (launches on one stream never overlap).  Buffers are never freed: a CUDA graph
+// keeps using the address it captured.
+//
+// CAPTURE RULE (CUDA side; the Triton kernels' rule is stated in kernels/_workspace.py): these
+// buffers are allocated and zeroed only OUTSIDE CUDA-graph capture, so no graph carries their
+// zeroing and none lives in a graph's private memory pool.  Every call made outside capture
+// also keeps a per-device reserve of kSpares zeroed spare buffers (each of at least kSpareInts
+// ints and twice the largest request seen); a stream first met during a capture (e.g. the
+// side stream torch.cuda.graph captures on) takes one of them.  So: call the op once outside
+// capture on that device before capturing (the usual warm-up, on any stream).  If no spare is
+// there or none is large enough, the op raises a RuntimeError saying exactly that.  Graphs
+// captured on one stream share that stream's buffer: replay them one at a time.
+constexpr int64_t kMinSyncInts = 4096;
+constexpr int64_t kSpareInts = int64_t{1} << 16;  // 256 KiB: far above any shape's needs
+constexpr size_t kSpares = 2;
+
+struct SyncState {
+  std::mutex mu;
+  std::map<std::pair<int, cudaStream_t>, at::Tensor> current;  // per (device, stream)
+  std::map<int, std::vector<at::Tensor>> spares;                // per device, zeroed, unused
+  std::map<int, int64_t> largest;                               // largest request per device
+  std::vector<at::Tensor> retired;                              // may still be in a graph
+};
+
+SyncState& sync_state() {
+  static auto* s = new SyncState();  // leaked on purpose: graphs may outlive static destructors
+  return *s;
+}
+
+// True while `stream` is being captured.  A failed query (the legacy stream while another
+// stream captures in global mode) counts as capturing: allocating then would be unsafe too.
+bool stream_capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess) {
+    (void)cudaGetLastError();  // the query's error is not sticky; do not leave it for a later check
+    return true;
+  }
+  return status != cudaStreamCaptureStatusNone;
+}
+
+int* sync_buffer(const at::Tensor& like, cudaStream_t stream, int64_t n_ints, const char* op = "rgk") {
+  SyncState& s = sync_state();
+  const int dev = static_cast<int>(like.get_device());
+  std::lock_guard<std::mutex> lock(s.mu);
+  at::Tensor& cur = s.current[{dev, stream}];
+  std::vector<at::Tensor>& spares = s.spares[dev];
+  const bool fits = cur.defined() && cur.numel() >= n_ints;
+  if (fits && spares.size() >= kSpares) return cur.data_ptr<int>();  // the per-call path: no driver call
+
+  const bool capturing = stream_capturing(stream);
+  if (capturing) {
+    if (fits) return cur.data_ptr<int>();  // the reserve is refilled by the next call outside capture
+    auto it = std::find_if(spares.begin(), spares.end(), [&](const at::Tensor& t) { return t.numel() >= n_ints; });
+    TORCH_CHECK(it != spares.end(), op, ": the op needs a zeroed counter buffer of ", n_ints,
+                " int32 for this stream, and such buffers are never allocated during CUDA-graph capture; ",
+                spares.empty() ? "no spare is reserved on this device yet. "
+                               : "the reserved spares are too small for these shapes. ",
+                "Run the op once outside capture on this device before capturing (a warm-up call, with "
+                "shapes at least as large as the captured ones)");
+    if (cur.defined()) s.retired.push_back(cur);
+    cur = *it;
+    spares.erase(it);
+    return cur.data_ptr<int>();
+  }
+
+  int64_t& big = s.largest[dev];
+  big = std::max(big, n_ints);
+  if (!fits) {
+    if (cur.defined()) s.retired.push_back(cur);
+    cur = at::zeros({std::max(kMinSyncInts, 2 * n_ints)}, like.options().dtype(at::kInt));
+  }
+  const int64_t spare_ints = std::max(kSpareInts, 2 * big);
+  spares.erase(std::remove_if(spares.begin(), spares.end(),
+                              [&](const at::Tensor& t) { return t.numel() < spare_ints; }),
+               spares.end());  // never handed out, so safe to free
+  if (spares.size() < kSpares) {
+    while (spares.size() < kSpares) spares.push_back(at::zeros({spare_ints}, like.options().dtype(at::kInt)));
+    // A spare may serve a capture on another stream: its zeroing must be complete by then.
+    const cudaError_t err = cudaStreamSynchronize(stream);
+    TORCH_CHECK(err == cudaSuccess, op, ": zeroing the counter buffers failed: ", cudaGetErrorString(err));
+  }
+  return cur.data_ptr<int>();
 }
 
 at::Tensor workspace(const at::Tensor& like, size_t bytes) {
@@ -101,9 +196,9 @@ std::tuple<at::Tensor, at::Tensor> topk_logprobs_cuda(const at::Tensor& logits, 
   const cudaError_t perr = rgk_topk_logprobs_plan(B, V, k, &plan);
   TORCH_CHECK(perr == cudaSuccess, op, ": vocabulary of ", V, " entries with k=", k,
               " is too large for the fused kernel (", cudaGetErrorString(perr), ")");
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor ws = workspace(x, plan.workspace_bytes);
-  int* sync = sync_buffer(x, stream, plan.sync_ints);
+  int* sync = sync_buffer(x, stream, plan.sync_ints, op);
   check_launch(rgk_topk_logprobs_launch(x.data_ptr(), dt, B, V, x.stride(0), static_cast<int>(k),
                                         logp.data_ptr<float>(), ids.data_ptr<int64_t>(), ws.data_ptr(), sync, stream),
                op);
@@ -176,11 +271,14 @@ at::Tensor fork_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cache
   a.dtype = dt;
 
   RgkForkPlan plan;
-  check_launch(rgk_fork_attention_plan(a, &plan), op);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  // max_valid_len: no host-side bound of cache_end - cache_start reaches this schema yet, so
+  // 0 ("use L"); plan and launch must get the same value
+  const int max_valid_len = 0;
+  check_launch(rgk_fork_attention_plan(a, max_valid_len, &plan), op);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor ws = workspace(q, plan.workspace_bytes);
-  int* sync = sync_buffer(q, stream, plan.sync_ints);
-  check_launch(rgk_fork_attention_launch(a, ws.data_ptr(), sync, stream), op);
+  int* sync = sync_buffer(q, stream, plan.sync_ints, op);
+  check_launch(rgk_fork_attention_launch(a, max_valid_len, ws.data_ptr(), sync, stream), op);
   return out;
 }
 
@@ -266,9 +364,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> reward_select_cuda(
 
   RgkRewardSelectPlan plan;
   check_launch(rgk_reward_select_plan(a, &plan), op);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor ws = workspace(hidden, plan.workspace_bytes);
-  int* sync = sync_buffer(hidden, stream, plan.sync_ints);
+  int* sync = sync_buffer(hidden, stream, plan.sync_ints, op);
   check_launch(rgk_reward_select_launch(a, ws.data_ptr(), sync, stream), op);
   return {token, index, score, reward};
 }
@@ -328,13 +426,15 @@ at::Tensor argre_refine_cuda(const at::Tensor& h_in, const at::Tensor& w1_in, co
 
   RgkArgrePlan plan;
   const cudaError_t perr = rgk_argre_refine_plan(a, &plan);
-  TORCH_CHECK(perr != cudaErrorInvalidConfiguration, op, ": w1 [", m, ", ", d,
-              "] does not fit in this GPU's shared memory (the fused kernel keeps it on chip, ~4*m*d bytes over "
-              "all SMs); use RGK_BACKEND=triton or RGK_BACKEND=torch for this size");
+  TORCH_CHECK(perr != cudaErrorNotSupported, op, ": w1 [", m, ", ", d,
+              "] does not fit in this GPU's shared memory (the fused kernel keeps it on chip, ~4*m*d = ",
+              4 * m * d, " bytes, across the co-resident blocks; this GPU has ", device_props(h.get_device()).sms,
+              " SMs with ", device_props(h.get_device()).smem_optin,
+              " bytes per block); use RGK_BACKEND=triton or RGK_BACKEND=torch for this size");
   check_launch(perr, op);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor ws = workspace(h, plan.workspace_bytes);
-  int* sync = sync_buffer(h, stream, plan.sync_ints);
+  int* sync = sync_buffer(h, stream, plan.sync_ints, op);
   check_launch(rgk_argre_refine_launch(a, ws.data_ptr(), sync, stream), op);
   return out;
 }

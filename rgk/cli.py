@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_head_parser(sub)           # train-reward-head
     from rgk.argre import cli as argre_cli
     argre_cli.add_parsers(sub)           # argre train | eval | generate
+    __import__("rgk.repulse.cli", fromlist=["add_parsers"]).add_parsers(sub)   # repulse train | eval
     return parser
 
 
