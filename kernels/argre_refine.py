@@ -19,7 +19,11 @@ programs share.  Cost: (2 n_steps + 1) sweeps of W1 per row, bounded by one SM's
 bandwidth (~1.5 ms for d = 4096, m = 1024, 5 steps, fp32 W1; ~0.2 ms at d = 576).
 Splitting W1 over several programs per row would need a grid-wide barrier per sweep
 (a persistent cooperative kernel), which the Triton interpreter cannot run and which
-deadlocks unless every program is resident; this version keeps one program per row.
+deadlocks unless every program is resident; this version keeps one program per row, and
+`rgk.ops` routes large heads ((2 n_steps + 1) m d above `rgk.ops.ARGRE_TRITON_MAX_READS`)
+on CUDA tensors to batched GEMMs instead (`rgk.ops.reference.argre_refine_matmul`; the
+CUDA extension has the persistent split kernel).  Launch plans are cached per
+(device, d, m, dtype).
 """
 from __future__ import annotations
 
@@ -102,19 +106,34 @@ def _argre_refine_kernel(
         tl.store(out_ptr + b * d + di, x.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
+_PLANS: dict = {}
+
+
+def _plan(d: int, m: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """(BLOCK_M, BLOCK_D), cached per call shape."""
+    key = (device, d, m, dtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        plan = _PLANS[key] = (min(64, max(16, triton.next_power_of_2(m))), min(128, max(16, triton.next_power_of_2(d))))
+    return plan
+
+
 def argre_refine_triton(h, w1, b1, w2, b2, direction, r_plus, *, beta, n_steps, step_size):
     """h' [B, d] in h's dtype."""
-    h = h if h.stride(-1) == 1 else h.contiguous()
-    w1 = w1 if w1.stride(-1) == 1 else w1.contiguous()
-    b1, w2, b2, direction = (t.contiguous() for t in (b1, w2, b2, direction))
     B, d = h.shape
     m = w1.shape[0]
     dev = h.device
     out = torch.empty(B, d, dtype=h.dtype, device=dev)
+    if B == 0:
+        return out
+    h = h if h.stride(-1) == 1 else h.contiguous()
+    w1 = w1 if w1.stride(-1) == 1 else w1.contiguous()
+    b1, w2, b2, direction = (t.contiguous() for t in (b1, w2, b2, direction))
     x_ws = torch.empty(B, d, dtype=torch.float32, device=dev)
     c_ws = torch.empty(B, m, dtype=torch.float32, device=dev)
-    BLOCK_D = min(128, max(16, triton.next_power_of_2(d)))
-    BLOCK_M = min(64, max(16, triton.next_power_of_2(m)))
+    BLOCK_M, BLOCK_D = _plan(d, m, h.dtype, dev)
     _argre_refine_kernel[(B,)](
         h, h.stride(0), w1, w1.stride(0), b1, w2, b2, direction, out, x_ws, c_ws,
         d, m, float(r_plus), float(beta), int(n_steps), float(step_size),

@@ -20,12 +20,13 @@ Decode-time grids are small (B * Hkv programs, e.g. 8 for B = 1), so for long
 prefixes the prefix is split over SPLIT programs per block (flash-decoding): each
 writes its partial (max, sum, unnormalised output) to a workspace and takes a ticket
 from an atomic per-block counter; the last to arrive merges the SPLIT partials and the
-self entry and writes the output, so it stays one launch.  The counters sit in a
-zeroed per-device buffer that the last program resets (CUDA-graph capturable; calls on
-concurrently running streams of one device must not overlap; inside a graph capture
-that would need a fresh buffer the wrapper falls back to SPLIT = 1).  fp32 inputs use
-input_precision="tf32x3" (three tf32 tensor-core products, ~1e-6 relative error, where
-"ieee" would run as register-hungry FMA loops).
+self entry and writes the output, so it stays one launch (CUDA-graph capturable).  The
+counters follow the rule of `rgk.kernels._workspace` (per family, device and stream; the
+last program resets them; SPLIT = 1 when a capture would need a new buffer).  fp32
+inputs use input_precision="tf32x3" (three tf32 tensor-core products, ~1e-6 relative
+error, where "ieee" would run as register-hungry FMA loops).  Launch plans (tiles,
+SPLIT) are cached per (device, B, Hq, Hkv, K, D, L, dtype): the per-layer decode loop
+calls this with the same shapes every layer.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import triton
 import triton.language as tl
 
 from rgk.kernels import _workspace
+
 
 @triton.jit
 def _scale_from(m_old, m_new):
@@ -146,19 +148,23 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, *,
-                          split: int | None = None):
-    """[B, Hq, K, D] output in q's dtype; `split` forces the number of programs per query
-    block along the prefix, otherwise chosen from the GPU's size and L."""
-    q, k_cache, v_cache, k_new, v_new = map(_last_dim_contiguous, (q, k_cache, v_cache, k_new, v_new))
-    B, Hq, K, D = q.shape
-    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+_PLANS: dict = {}
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    n = _SMS.get(device)
+    if n is None:
+        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
+
+
+def _plan(B, Hq, Hkv, K, D, L, dtype, device) -> tuple:
+    """(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, split on this device)."""
     G = Hq // Hkv
-    dev = q.device
-    fp32 = q.dtype == torch.float32
     BLOCK_D = max(16, triton.next_power_of_2(D))
     # tile sizes that compile without register spills on sm_90 (checked with ptxas)
-    if fp32:
+    if dtype == torch.float32:
         max_m, BLOCK_N, wide_warps = (32, 32, 8) if BLOCK_D <= 128 else (16, 16, 4)
     elif BLOCK_D <= 64:
         max_m, BLOCK_N, wide_warps = 128, 64, 8
@@ -170,11 +176,33 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
     num_warps = wide_warps if BLOCK_M * BLOCK_D >= 4096 else 4
     n_mblk = triton.cdiv(G * K, BLOCK_M)
     tiles = B * Hkv * n_mblk
+    split = 1
+    if device.type == "cuda":
+        sms = _sm_count(device)
+        split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))
+    return BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, split
+
+
+def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, *,
+                          split: int | None = None):
+    """[B, Hq, K, D] output in q's dtype; `split` forces the number of programs per query
+    block along the prefix, otherwise chosen from the GPU's size and L."""
+    B, Hq, K, D = q.shape
+    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    dev = q.device
+    out = torch.empty(B, Hq, K, D, dtype=q.dtype, device=dev)
+    if out.numel() == 0:
+        return out
+    q, k_cache, v_cache, k_new, v_new = map(_last_dim_contiguous, (q, k_cache, v_cache, k_new, v_new))
+    key = (dev, B, Hq, Hkv, K, D, L, q.dtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) > 4096:  # e.g. a cache whose length grows every step
+            _PLANS.clear()
+        plan = _PLANS[key] = _plan(B, Hq, Hkv, K, D, L, q.dtype, dev)
+    BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, auto_split = plan
     if split is None:
-        split = 1
-        if dev.type == "cuda":
-            sms = torch.cuda.get_device_properties(dev).multi_processor_count
-            split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))
+        split = auto_split
     tickets = _workspace.tickets("fork_attention", dev, tiles, 4096) if split > 1 else None
     if tickets is None:
         split = 1
@@ -184,7 +212,6 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
     ws_m = torch.empty(n_ws * BLOCK_M, dtype=torch.float32, device=dev)
     ws_l = torch.empty_like(ws_m)
 
-    out = torch.empty(B, Hq, K, D, dtype=q.dtype, device=dev)
     _fork_attention_kernel[(tiles, split)](
         q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, out,
         ws_acc, ws_m, ws_l, tickets,
@@ -193,8 +220,8 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         k_new.stride(0), k_new.stride(1), k_new.stride(2),
         v_new.stride(0), v_new.stride(1), v_new.stride(2),
-        Hkv, G, K, L, n_mblk, float(scale) * 1.4426950408889634,  # scores in the exp2 domain
+        Hkv, Hq // Hkv, K, L, n_mblk, float(scale) * 1.4426950408889634,  # scores in the exp2 domain
         D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, SPLIT=split,
-        DOT_PREC="tf32x3" if fp32 else "tf32", num_warps=num_warps, num_stages=2,
+        DOT_PREC="tf32x3" if q.dtype == torch.float32 else "tf32", num_warps=num_warps, num_stages=2,
     )
     return out

@@ -1,17 +1,19 @@
 """topk_logprobs: log-softmax and top-k of each row of logits, in one launch.
 
-Math, per row x = logits[b, :V] (read as fp32):
-    lse      = log sum_v exp(x_v)
-    top      = the k largest x_v, sorted descending (ties in any order)
-    logp[b]  = top - lse          (-inf where top or lse is not finite)
-    ids[b]   = their vocabulary indices
+Math, per row x = logits[b, :V], by the rule in `rgk.ops`'s docstring (ties, NaN, inf):
+    x        = sanitised fp32 logits (NaN -> -inf, +inf -> FLT_MAX), on every load
+    m, s     = max_v x_v, sum_v exp(x_v - m)
+    top      = the k first entries in the order (value desc, index asc)
+    logp[b]  = (top - m) - log(s)  (-inf where top = -inf)
+    ids[b]   = their vocabulary indices; slots past the finite entries take the lowest
+               -inf entries' indices, ascending
 Shapes: logits [B, V] fp32/bf16/fp16 (unit stride along V) -> logp [B, k] fp32,
-ids [B, k] int64, 1 <= k <= 64.  Slots past the row's number of finite entries get
-logp = -inf and the ids of distinct -inf entries, as torch.topk would.
+ids [B, k] int64, 1 <= k <= 64.
 
 Design.  A value and its index are packed into one int64 sort key (an order-preserving
-int32 image of the float in the high half, the inverted index in the low half), so
-Triton's value-only bitonic `tl.topk`/`tl.bitonic_merge` sort (value, id) pairs.
+int32 image of the float in the high half, -0.0 read as +0.0, the inverted index in the
+low half), so Triton's value-only bitonic `tl.topk`/`tl.bitonic_merge` sort (value, id)
+pairs in exactly the total order above.
 Bitonic top-k over a whole tile costs O(BLOCK log^2 k) per tile, far more than reading
 it, so each program instead streams its share of the row twice:
 
@@ -32,10 +34,10 @@ over SPLIT programs per row (grid B x SPLIT, about two programs per SM in total)
 each writes its partial (max, sum-exp, sorted top-k) to a workspace, takes a ticket
 from a per-row atomic counter, and the last to arrive merges the SPLIT sorted lists
 by a bitonic merge tree, combines the log-sum-exps and writes the row — still one
-launch.  The counters live in a zeroed per-device buffer that the last program resets,
-so the kernel is CUDA-graph capturable (no host sync).  Calls on different streams of
-one device must not run concurrently (they would share the counters); when the buffer
-would first have to be allocated inside a graph capture, the wrapper uses SPLIT = 1.
+launch, no host sync, CUDA-graph capturable.  The counters follow the rule of
+`rgk.kernels._workspace` (per family, device and stream; the last program resets them;
+SPLIT = 1 when a capture would need a new buffer).  Launch plans (tiles, SPLIT) are
+cached per (device, B, V, k, dtype).
 """
 from __future__ import annotations
 
@@ -49,12 +51,21 @@ from rgk.kernels import _workspace
 
 _EMPTY = tl.constexpr(-(2**63) + 1)  # below the key of every real element
 _LOG2E = tl.constexpr(1.4426950408889634)
+_FLT_MAX = tl.constexpr(3.4028234663852886e38)
+
+
+@triton.jit
+def _load_clean(ptrs, mask):
+    """Logits as fp32, sanitised: NaN -> -inf, +inf -> FLT_MAX (masked lanes: -inf)."""
+    x = tl.load(ptrs, mask=mask, other=-float("inf")).to(tl.float32)
+    return tl.where(x == x, tl.minimum(x, _FLT_MAX), -float("inf"))
 
 
 @triton.jit
 def _pack(x, idx):
-    """int64 key ordered by (x, -idx): larger value first, lower index first on ties."""
-    bits = x.to(tl.int32, bitcast=True)
+    """int64 key ordered by (x, -idx): larger value first, lower index first on ties
+    (-0.0 is +0.0: equal values)."""
+    bits = tl.where(x == 0, 0, x.to(tl.int32, bitcast=True))
     okey = bits ^ ((bits >> 31) & 0x7FFFFFFF)
     return (okey.to(tl.int64) << 32) | (2147483647 - idx).to(tl.int64)
 
@@ -74,7 +85,7 @@ def _share_topk(row_ptr, lo, hi, k, scratch_ptr,
     lane_max = tl.full([BLOCK], -float("inf"), tl.float32)
     for start in range(lo, hi, BLOCK):
         idx = start + offs
-        x = tl.load(row_ptr + idx, mask=idx < hi, other=-float("inf")).to(tl.float32)
+        x = _load_clean(row_ptr + idx, idx < hi)
         lane_max = tl.maximum(lane_max, x)
     folded = tl.max(tl.reshape(lane_max, [BLOCK // LANES, LANES]), axis=0)
     m = tl.max(folded, axis=0)
@@ -85,7 +96,7 @@ def _share_topk(row_ptr, lo, hi, k, scratch_ptr,
     count = 0
     for start in range(lo, hi, BLOCK):
         idx = start + offs
-        x = tl.load(row_ptr + idx, mask=idx < hi, other=-float("inf")).to(tl.float32)
+        x = _load_clean(row_ptr + idx, idx < hi)
         finite = x > -float("inf")
         s_vec += tl.where(finite, tl.exp2((x - m) * _LOG2E), 0.0)
         cand = finite & (x >= thr)
@@ -104,7 +115,7 @@ def _share_topk(row_ptr, lo, hi, k, scratch_ptr,
         top = tl.full([K_PAD], _EMPTY, tl.int64)
         for start in range(lo, hi, BLOCK):
             idx = start + offs
-            x = tl.load(row_ptr + idx, mask=idx < hi, other=-float("inf")).to(tl.float32)
+            x = _load_clean(row_ptr + idx, idx < hi)
             keys = tl.where((x > -float("inf")) & (x >= thr), _pack(x, idx), _EMPTY)
             if tl.max(keys, axis=0) > tl.min(top, axis=0):
                 tile_top = tl.topk(keys, K_PAD)
@@ -127,9 +138,9 @@ def _merge_sorted_rows(keys, K_PAD: tl.constexpr, LOG2_ROWS: tl.constexpr):
 @triton.jit
 def _write_row(row_ptr, V, k, m, s, top, logp_ptr, ids_ptr, K_PAD: tl.constexpr, BLOCK: tl.constexpr):
     val, idx = _unpack(top)
-    # val - lse is finite exactly when both are (lse >= val, lse = -inf only for an
-    # all -inf row, whose slots are all empty)
-    lp = val - (m + tl.log(s))
+    # (val - m) - log(s), never val - lse: exact (x - m) keeps precision at large offsets.
+    # -inf only where val - m underflows (an all -inf row has no real slot)
+    lp = (val - m) - tl.log(s)
     j = tl.arange(0, K_PAD)
     real = top != _EMPTY
     ok = real & (lp > -float("inf")) & (lp < float("inf"))
@@ -142,8 +153,8 @@ def _write_row(row_ptr, V, k, m, s, top, logp_ptr, ids_ptr, K_PAD: tl.constexpr,
         filled = n_real
         for start in range(0, V, BLOCK):
             i = start + offs
-            x = tl.load(row_ptr + i, mask=i < V, other=0.0).to(tl.float32)
-            neg = (i < V) & ~(x > -float("inf"))
+            x = _load_clean(row_ptr + i, i < V)
+            neg = (i < V) & (x == -float("inf"))
             c = neg.to(tl.int32)
             pos = filled + tl.cumsum(c, axis=0) - 1
             tl.store(ids_ptr + pos, i.to(tl.int64), mask=neg & (pos < k))
@@ -189,35 +200,62 @@ def _topk_logprobs_kernel(
             tl.atomic_xchg(ticket_ptr + row, 0)  # ready for the next launch
 
 
+_PLANS: dict = {}
+_SMS: dict = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    n = _SMS.get(device)
+    if n is None:
+        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return n
+
+
 def _pick_split(B: int, V: int, block: int, device: torch.device) -> int:
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.next_power_of_2(triton.cdiv(2 * sms, B))
+    want = triton.next_power_of_2(triton.cdiv(2 * _sm_count(device), B))
     most = max(1, V // (2 * block))  # keep at least two tiles per program
     return max(1, min(want, 1 << (most.bit_length() - 1), 64))
 
 
+def _plan(B: int, V: int, k: int, dtype: torch.dtype, device: torch.device) -> tuple:
+    """(K_PAD, LANES, CAP, BLOCK, SPLIT on this device), cached per call shape."""
+    key = (device, B, V, k, dtype)
+    plan = _PLANS.get(key)
+    if plan is None:
+        K_PAD = max(2, triton.next_power_of_2(k))
+        LANES = max(128, 4 * K_PAD)
+        CAP = max(64, 4 * K_PAD)
+        BLOCK = max(LANES, min(1024, triton.next_power_of_2(V)))
+        if len(_PLANS) > 4096:  # shapes that vary every call: do not grow without bound
+            _PLANS.clear()
+        plan = _PLANS[key] = (K_PAD, LANES, CAP, BLOCK, _pick_split(B, V, BLOCK, device))
+    return plan
+
+
 def topk_logprobs_triton(logits: torch.Tensor, k: int, *, split: int | None = None):
-    """(logp [B, k] fp32 descending, ids [B, k] int64); `split` (a power of two) forces the
-    number of programs per row, otherwise chosen from the GPU's size."""
+    """(logp [B, k] fp32, ids [B, k] int64) in the order of `rgk.ops`; `split` (a power of
+    two) forces the number of programs per row, otherwise chosen from the GPU's size."""
     B, V = logits.shape
+    if not 1 <= k <= min(V, 64):
+        raise ValueError(f"k: expected an int in [1, {min(V, 64)}] (the vocabulary size, at most 64), got {k}")
+    dev = logits.device
+    logp = torch.empty(B, k, dtype=torch.float32, device=dev)
+    ids = torch.empty(B, k, dtype=torch.int64, device=dev)
+    if B == 0:
+        return logp, ids
     if logits.stride(1) != 1:
         logits = logits.contiguous()
-    dev = logits.device
-    K_PAD = max(2, triton.next_power_of_2(k))
-    LANES = max(128, 4 * K_PAD)
-    CAP = max(64, 4 * K_PAD)
-    BLOCK = max(LANES, min(1024, triton.next_power_of_2(V)))
-    SPLIT = split if split is not None else _pick_split(B, V, BLOCK, dev)
+    K_PAD, LANES, CAP, BLOCK, SPLIT = _plan(B, V, k, logits.dtype, dev)
+    if split is not None:
+        SPLIT = split
     tickets = _workspace.tickets("topk_logprobs", dev, B, 1024) if SPLIT > 1 else None
     if tickets is None:
         SPLIT = 1
         tickets = torch.empty(1, dtype=torch.int32, device=dev)
     chunk = triton.cdiv(triton.cdiv(V, SPLIT), BLOCK) * BLOCK
 
-    logp = torch.empty(B, k, dtype=torch.float32, device=dev)
-    ids = torch.empty(B, k, dtype=torch.int64, device=dev)
     n_prog = B * SPLIT
     part_m = torch.empty(n_prog if SPLIT > 1 else 1, dtype=torch.float32, device=dev)
     part_s = torch.empty_like(part_m)

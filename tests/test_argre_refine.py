@@ -1,8 +1,11 @@
 """argre_refine: public op (default backend), Triton kernel (interpreter on CPU, GPU when
 present) and CUDA extension (GPU only) against the autograd reference; the reference
-against the closed-form gradient in float64."""
+against the closed-form gradient in float64; the batched-GEMM path that large heads take
+on CUDA tensors without the extension (reference.argre_refine_matmul) and its routing
+rule; the argument rules (numbers, bool refused)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import DEVICE, requires_cuda, use_backend
@@ -22,7 +25,7 @@ def make_inputs(B, d, m, dtype, wdtype, seed, device=DEVICE):
     w2 = (torch.randn(1, m, generator=g) / math.sqrt(m)).to(wdtype)
     b2 = torch.randn(1, generator=g).to(wdtype)
     direction = (torch.randn(d, generator=g) * 0.1).to(wdtype)
-    theta = reference.argre_reward(h.float(), w1, b1, w2, b2)
+    theta = reference.reward_head(h.float(), w1, b1, w2, b2)
     # half of the rows sit below r_plus (steered), the others above (left alone)
     r_plus = float(theta.median()) if B > 1 else float(theta[0]) + 1.0
     return [t.to(device) for t in (h, w1, b1, w2, b2, direction)], r_plus
@@ -46,6 +49,30 @@ def test_reference_matches_closed_form(seed, n_steps):
     got = reference.argre_refine(*args, r_plus, beta=1.5, n_steps=n_steps, step_size=0.5)
     want = closed_form(*args, r_plus, 1.5, n_steps, 0.5)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("n_steps", [0, 1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_path_matches_reference(seed, n_steps, dtype):
+    args, r_plus = make_inputs(5, 50, 30, dtype, torch.float32, seed, device="cpu")
+    kw = dict(beta=1.5, n_steps=n_steps, step_size=0.5)
+    got = reference.argre_refine_matmul(*args, r_plus, **kw)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), reference.argre_refine(*args, r_plus, **kw).float(), **TOL[dtype])
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), closed_form(*args, r_plus, 1.5, n_steps, 0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_routing_rule():
+    """Triton backend on CUDA tensors: the single-launch kernel up to (2 n + 1) m d =
+    ARGRE_TRITON_MAX_READS weights read per row, batched GEMMs above; never on CPU."""
+    cap = ops.ARGRE_TRITON_MAX_READS
+    assert not ops._argre_wants_matmul("cuda", 5, 64, 576)  # 11 * 64 * 576 = 405,504
+    assert ops._argre_wants_matmul("cuda", 5, 1024, 4096)
+    assert not ops._argre_wants_matmul("cuda", 0, 1024, cap // 1024)
+    assert ops._argre_wants_matmul("cuda", 0, 1024, cap // 1024 + 1)
+    assert not ops._argre_wants_matmul("cpu", 5, 1024, 4096)  # the interpreter always runs the kernel
 
 
 CASES = [
@@ -80,7 +107,7 @@ def test_steering_switch(monkeypatch, backend):
     use_backend(monkeypatch, backend)
     args, r_plus = make_inputs(6, 72, 40, torch.float32, torch.float32, seed=3)
     h = args[0]
-    theta = reference.argre_reward(h.cpu(), *[a.cpu() for a in args[1:5]])
+    theta = reference.reward_head(h.cpu(), *[a.cpu() for a in args[1:5]])
     below = theta < r_plus
     assert 0 < int(below.sum()) < 6
     out = ops.argre_refine(*args, r_plus, beta=2.0, n_steps=0, step_size=0.5).cpu()
@@ -118,6 +145,22 @@ def test_rejects_bad_inputs():
         call(n_steps=-1)
     with pytest.raises(TypeError, match="^n_steps:"):
         call(n_steps=2.0)
+    with pytest.raises(TypeError, match="^n_steps:"):
+        call(n_steps=True)
+    with pytest.raises(TypeError, match="^beta:"):
+        call(beta=False)
+    with pytest.raises(TypeError, match="^r_plus:"):
+        call(r_plus=None)
+    with pytest.raises(TypeError, match="^direction:"):
+        call(direction=u.long())
+    with pytest.raises(TypeError, match="^b2:"):
+        call(b2=b2.long())
+    want = call(n_steps=3, beta=2.0)
+    for n, beta, rp in ((np.int64(3), np.float32(2.0), np.float64(r_plus)),
+                        (torch.tensor(3), torch.tensor(2.0), torch.tensor(r_plus, dtype=torch.float64))):
+        assert torch.equal(call(n_steps=n, beta=beta, r_plus=rp), want)
+    assert torch.equal(call(n_steps=3, beta=2.0, check=False), want)
+    assert call(h=h[:0]).shape == (0, 16)
 
 
 @requires_cuda

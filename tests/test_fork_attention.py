@@ -4,6 +4,7 @@ masked scaled_dot_product_attention over the expanded caches."""
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -127,8 +128,55 @@ def test_rejects_bad_inputs():
         call(k_new=torch.zeros(2, 2, 4, 16))
     with pytest.raises(TypeError, match="^cache_start:"):
         call(cache_start=torch.zeros(2))
+    with pytest.raises(TypeError, match="^cache_end:"):
+        call(cache_end=torch.zeros(2, dtype=torch.int16))
     with pytest.raises(ValueError, match="^cache_end:"):
         call(cache_end=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="^scale:"):
+        call(scale=True)
+    with pytest.raises(ValueError, match="^scale:"):
+        call(scale=math.nan)
+    for scale in (np.float32(0.25), torch.tensor(0.25), 0.25):
+        torch.testing.assert_close(call(scale=scale), call(scale=0.25), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_rejects_bad_bounds(monkeypatch, dtype):
+    """0 <= cache_start[b] <= cache_end[b] <= L, checked on the host when check=True;
+    skipped with check=False and during CUDA-graph capture."""
+    args = list(make_inputs(3, 4, 2, 3, 16, 10, torch.float32, "full", seed=0, device="cpu"))
+
+    def call(start, end, **kw):
+        return ops.fork_attention(*args[:5], torch.tensor(start, dtype=dtype), torch.tensor(end, dtype=dtype), **kw)
+
+    call([0, 3, 10], [0, 7, 10])  # empty, partial and full prefixes are fine
+    with pytest.raises(ValueError, match=r"^cache_start: .*cache_start\[1\] = 5 > cache_end\[1\] = 4"):
+        call([0, 5, 0], [10, 4, 10])
+    with pytest.raises(ValueError, match=r"^cache_end: .*cache_end\[2\] = 11"):
+        call([0, 0, 0], [10, 10, 11])
+    with pytest.raises(ValueError, match=r"^cache_start: .*cache_start\[0\] = -1"):
+        call([-1, 0, 0], [10, 10, 10])
+    call([0, 5, 0], [10, 4, 11], check=False)  # the caller vouches: no host read
+    monkeypatch.setattr(ops, "_capturing", lambda t: True)  # as inside a CUDA-graph capture
+    call([0, 5, 0], [10, 4, 11])
+
+
+@pytest.mark.parametrize("backend", ["default", "triton"])
+def test_edge_shapes(monkeypatch, backend):
+    """L = 0 (self entry only), K = 0 and B = 0 (empty outputs, no launch), D > 256 (runs
+    the reference), check=False equal to check=True."""
+    use_backend(monkeypatch, backend)
+    args = make_inputs(2, 4, 2, 3, 16, 0, torch.float32, "full", seed=1)
+    out = ops.fork_attention(*args, scale=0.3)
+    torch.testing.assert_close(out.cpu(), args[4].cpu().repeat_interleave(2, dim=1), rtol=1e-6, atol=1e-6)
+    args = make_inputs(2, 4, 2, 3, 16, 12, torch.float32, "padded", seed=2)
+    torch.testing.assert_close(ops.fork_attention(*args, check=False), ops.fork_attention(*args), rtol=0, atol=0)
+    k0 = make_inputs(2, 4, 2, 0, 16, 12, torch.float32, "full", seed=3)
+    assert ops.fork_attention(*k0).shape == (2, 4, 0, 16)
+    b0 = make_inputs(0, 4, 2, 3, 16, 12, torch.float32, "full", seed=3)
+    assert ops.fork_attention(*b0).shape == (0, 4, 3, 16)
+    big = make_inputs(1, 2, 1, 2, 272, 5, torch.float32, "full", seed=4)
+    torch.testing.assert_close(ops.fork_attention(*big), reference.fork_attention(*[a.cpu() for a in big]).to(DEVICE))
 
 
 @requires_cuda

@@ -15,31 +15,31 @@ read) over the shapes they see on a GPU: dtypes fp32/bf16/fp16; topk B in {1, 8,
 k in {1, 10, 64}, V in {49152, 128256}; fork_attention D in {64, 128}, K in {1, 10, 64},
 MHA and GQA head ratios (1, 3, 4, 7, 8), prefixes of 500 and 4096 tokens, B in {1, 8, 64},
 laid out as rgk.args.cache passes them; reward_select linear / MLP heads, greedy / sampled,
-K in {1, 10, 64}, d in {576, 2048}; argre_refine d in {576, 2048, 4096}.  A stand-in Triton
+K in {1, 10, 64}, d in {576, 2048}, B in {1, 8, 64}; argre_refine d in {576, 2048, 4096}.  A stand-in Triton
 driver reports an sm_90 target, so each launch goes through Triton's own JIT binder with the
 argument specialisation it gets on the GPU (16-byte alignment, integers divisible by 16 or
 equal to 1); `knobs.runtime.jit_cache_hook` records the launch's specialisation and tells the
 JIT to skip it, so nothing is compiled or launched there.  The splits the wrappers only
-choose for CUDA tensors are reproduced: topk's `_pick_split` runs as for a CUDA device with
-132 SMs (H100 SXM), fork_attention gets `split=` from the wrapper's own formula (the test
-checks it against the wrapper's source), and both also launch with SPLIT = 1 (their choice
-inside a CUDA-graph capture and for large grids).  Each selected specialisation is then
+choose for CUDA tensors are reproduced: topk's and reward_select's `_pick_split` run as for
+a CUDA device with 132 SMs (H100 SXM), fork_attention gets `split=` from its launch plan's
+own formula (the test checks it against `_plan`'s source), and all three also launch with
+SPLIT = 1 (their choice inside a CUDA-graph capture and for large grids).  Each selected specialisation is then
 compiled by `JITFunction.preload`, the JIT's own path to `triton.compile(ASTSource(...))`,
 for the sm_90 target; ptxas' -v log gives registers, stack frame and spills.
 
-Cost, and what is left out.  The grid makes 1214 launches with 367 distinct
+Cost, and what is left out.  The grid makes 1394 launches with 403 distinct
 specialisations, about 10 minutes of compiling on two cores (topk's split variants take up
 to 15 s each: a bitonic merge tree over [SPLIT, K_PAD] keys).  So by default
 (RGK_TRITON_AOT unset or "cover") the test compiles ONE REPRESENTATIVE per class (kernel,
-tl.constexpr tile parameters, SPLIT == 1 or > 1, num_warps, num_stages) — 41 compiles —
+tl.constexpr tile parameters, SPLIT == 1 or > 1, num_warps, num_stages) — 45 compiles —
 taking the largest SPLIT of the class (deepest merge tree, most partials) and otherwise
 the fewest integer arguments specialised to 1 (the most general code), with the data dtype
 rotated over the classes so that every kernel is compiled for each dtype it is launched
 with (the tile choice of fork_attention depends on the dtype, so its fp32 classes are
 always fp32).  Not compiled by default: the other dtypes of a class (bf16 and fp16 differ
 only in the element type of loads, stores and tl.dot operands; RGK_TRITON_AOT=dtypes adds
-them: 93 compiles), the other SPLIT values, and variants that differ only in the JIT's
-integer specialisation (RGK_TRITON_AOT=full compiles all 367).
+them: 105 compiles), the other SPLIT values, and variants that differ only in the JIT's
+integer specialisation (RGK_TRITON_AOT=full compiles all 403).
 
 Checks.  Every selected configuration must compile (the test fails with the compiler's
 message otherwise), fit an H100's per-block shared memory and register file (what Triton
@@ -80,7 +80,7 @@ KERNELS = {  # module under rgk.kernels -> kernel
     "reward_select": "_reward_select_kernel",
     "argre_refine": "_argre_refine_kernel",
 }
-# fork_attention_triton's split on CUDA (mirrored in _fork_split below)
+# fork_attention's split on CUDA, in its launch plan `_plan` (mirrored in _fork_split below)
 FORK_SPLIT_SRC = "split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))"
 H100_MAX_SHARED = 232448  # bytes of shared memory per block (opt-in), as Triton's driver reports it
 H100_MAX_REGS = 65536  # 32-bit registers per block
@@ -221,8 +221,8 @@ def _record() -> dict:
     from rgk.kernels import reward_select as R
     from rgk.kernels import topk_logprobs as T
 
-    src = " ".join(inspect.getsource(F.fork_attention_triton).split())
-    assert FORK_SPLIT_SRC in src, ("fork_attention_triton no longer picks its CUDA split with "
+    src = " ".join(inspect.getsource(F._plan).split())
+    assert FORK_SPLIT_SRC in src, ("fork_attention's _plan no longer picks its CUDA split with "
                                    f"`{FORK_SPLIT_SRC}`: update _fork_split in this test")
 
     launches: dict[str, int] = {}
@@ -245,6 +245,9 @@ def _record() -> dict:
                    lambda device=None: types.SimpleNamespace(multi_processor_count=H100_SMS))
         pick = T._pick_split
         mp.setattr(T, "_pick_split", lambda B, V, block, device: pick(B, V, block, torch.device("cuda", 0)))
+        # reward_select: the MLP head's slices of hidden units, likewise
+        pick_r = R._pick_split
+        mp.setattr(R, "_pick_split", lambda B, m, block_h, device: pick_r(B, m, block_h, torch.device("cuda", 0)))
 
         for dt in floats:
             for V in (49152, 128256):
@@ -283,10 +286,11 @@ def _record() -> dict:
                         m = 1024 if mlp else 1
                         head = (empty(m, d), empty(m)) + ((empty(1, m), empty(1)) if mlp else (None, None))
                         for temperature in (0.0, 0.7):
-                            for B in (1, 8):
-                                R.reward_select_triton(empty(B, K, d, dtype=dt), empty(B, K),
-                                                       empty(B, K, dtype=torch.int64), *head, reward_weight=1.5,
-                                                       temperature=temperature, uniform=empty(B))
+                            for B in (1, 8, 64):
+                                for split in (None, 1) if mlp else (None,):  # 1: the capture fallback
+                                    R.reward_select_triton(empty(B, K, d, dtype=dt), empty(B, K),
+                                                           empty(B, K, dtype=torch.int64), *head, reward_weight=1.5,
+                                                           temperature=temperature, uniform=empty(B), split=split)
 
         # argre_refine as rgk.ops passes it: fp32 head and direction, hidden states in the model dtype
         for dt in floats:

@@ -1,8 +1,10 @@
 """Plain-PyTorch references for every fused op.
 
 They are the CPU fallback and the test oracle: every Triton and CUDA kernel is checked
-against the function of the same name here.  They are written for clarity, not speed,
-but each is also the "best plain-PyTorch composition" that the benchmarks compare with.
+against the function of the same name here.  Ties, NaN and inf follow the one rule stated
+in `rgk.ops` (its module docstring).  They are written for clarity, but each is also the
+plain-PyTorch composition that the benchmarks compare with, and `topk_logprobs` stays
+O(V) per row (no full sort): it runs on the hot decode path of CPU generation.
 """
 from __future__ import annotations
 
@@ -11,19 +13,41 @@ import math
 import torch
 
 
-def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """log_softmax(logits)[topk] for each row.
+FLT_MAX = 3.4028234663852886e38  # the largest finite fp32
 
-    logits: [B, V] (fp32/bf16/fp16, may hold -inf).  Returns (logp [B, k] fp32 sorted
-    descending, ids [B, k] int64).  A row whose entries are all -inf gives logp = -inf.
-    Slots past the number of finite entries hold logp = -inf (their ids are arbitrary
-    but valid vocabulary indices).
+
+def sanitize(x: torch.Tensor) -> torch.Tensor:
+    """fp32 copy of x with NaN -> -inf and +inf -> FLT_MAX (see `rgk.ops`)."""
+    return torch.nan_to_num(x.float(), nan=-math.inf, posinf=FLT_MAX, neginf=-math.inf)
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best entries of log_softmax(logits) per row, in the total order of `rgk.ops`.
+
+    logits: [B, V] (fp32/bf16/fp16, may hold -inf, NaN, inf).  Returns (logp [B, k] fp32,
+    ids [B, k] int64): descending, ties to the lower index, slots past the finite entries
+    filled with -inf and the lowest unused indices.  O(V) per row, no full sort, no host
+    sync: torch.topk (whose choice among equal values is unspecified) gives the k-th value
+    t; its entries > t are right, and the entries == t it took are replaced by the
+    lowest-index ones (a second top-k over the tied positions); then a stable sort of the
+    k by value puts them in order.
     """
-    x = logits.float()
-    lse = torch.logsumexp(x, dim=-1, keepdim=True)
+    x = sanitize(logits)
+    B, V = x.shape
     vals, ids = torch.topk(x, k, dim=-1)
-    logp = vals - lse
-    logp = torch.where(torch.isfinite(vals) & torch.isfinite(lse), logp, torch.full_like(logp, -math.inf))
+    m, t = vals[:, :1], vals[:, k - 1:]
+    e = x - torch.where(m > -math.inf, m, 0.0)
+    log_s = torch.log(e.exp_().sum(dim=-1, keepdim=True))
+    # the lowest-index entries equal to t: top-k of V - v over the tied v
+    rev = torch.arange(V, 0, -1, device=x.device)
+    tie = torch.topk(torch.where(x == t, rev, 0), k, dim=-1).values
+    n_gt = (vals > t).sum(dim=-1, keepdim=True)
+    j = torch.arange(k, device=x.device)
+    cand = torch.cat([torch.where(vals > t, ids, V), torch.where((tie > 0) & (j < k - n_gt), V - tie, V)], dim=-1)
+    ids = cand.sort(dim=-1).values[:, :k]  # the k chosen (exactly k are < V), index ascending
+    vals, order = torch.sort(x.gather(1, ids), dim=-1, descending=True, stable=True)
+    ids = ids.gather(1, order)
+    logp = torch.where(vals > -math.inf, (vals - m) - log_s, -math.inf)
     return logp, ids
 
 
@@ -70,16 +94,18 @@ def fork_attention(
 
 def reward_head(hidden: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                 w2: torch.Tensor | None = None, b2: torch.Tensor | None = None) -> torch.Tensor:
-    """Scalar reward of hidden states [..., d] in fp32.
+    """The reward MLP of rgk, r(hidden) for hidden [..., d] -> [...] fp32 (differentiable).
 
-    Linear head: w1 [1, d], b1 [1].  MLP head: w1 [m, d], b1 [m], w2 [1, m], b2 [1],
-    r = w2 · relu(w1 h + b1) + b2.
+    Linear head: w1 [1, d], b1 [1], r = w1 . h + b1.  MLP head: w1 [m, d], b1 [m],
+    w2 [1, m], b2 [1], r = w2 . relu(w1 h + b1) + b2.  All math in fp32.
     """
-    h = hidden.float()
-    z = h @ w1.float().t() + b1.float()
+    z = hidden.float() @ w1.float().t() + b1.float()
     if w2 is None:
         return z[..., 0]
     return (torch.relu(z) @ w2.float().t() + b2.float())[..., 0]
+
+
+argre_reward = reward_head  # ARGRE's token reward θ_r(h): the same MLP (w2/b2 given)
 
 
 def reward_select(
@@ -95,15 +121,10 @@ def reward_select(
     temperature: float = 0.0,
     uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ARGS selection over K candidates.
-
-    hidden [B, K, d] candidates' final hidden states; logp [B, K] fp32 log-probs; ids [B, K].
-    score = logp + reward_weight * r(hidden).  temperature == 0: argmax (lowest index wins
-    ties); else the index j with CDF_{j-1} <= u < CDF_j for softmax(score / temperature),
-    u = uniform [B] in [0, 1).  Candidates with logp = -inf are never chosen unless every
-    candidate of the row is -inf (then index 0).
-    Returns (token [B] int64, index [B] int64, score [B, K] fp32, reward [B, K] fp32).
-    """
+    """ARGS selection over K candidates: `reward_head` on hidden [B, K, d], then
+    `select_from_rewards`.  logp [B, K], ids [B, K] int64, uniform [B] in [0, 1) when
+    temperature > 0.  Returns (token [B] int64, index [B] int64, score [B, K] fp32,
+    reward [B, K] fp32, the raw reward)."""
     r = reward_head(hidden, w1, b1, w2, b2)
     token, index, score = select_from_rewards(logp, ids, r, reward_weight=reward_weight,
                                               temperature=temperature, uniform=uniform)
@@ -112,45 +133,45 @@ def reward_select(
 
 def select_from_rewards(logp, ids, r, *, reward_weight: float, temperature: float = 0.0, uniform=None):
     """The choice half of `reward_select`, for rewards r [B, K] computed elsewhere (e.g. a
-    reward callable on text).  Returns (token [B], index [B], score [B, K] fp32)."""
-    score = logp.float() + reward_weight * r.float()
-    score = torch.where(torch.isfinite(logp), score, torch.full_like(score, -math.inf))
-    if temperature == 0.0:
+    reward callable on text), by the score/choice rule of `rgk.ops`'s docstring (w == 0
+    ignores r; NaN scores -> -inf, +inf -> FLT_MAX; greedy lowest index; inverse-CDF draw).
+    Returns (token [B] int64, index [B] int64, score [B, K] fp32)."""
+    lp = logp.float()
+    score = lp if reward_weight == 0 else lp + reward_weight * r.float()
+    score = torch.where((score != score) | (lp == -math.inf), -math.inf, score.clamp(max=FLT_MAX))
+    if temperature == 0:
         index = _first_argmax(score)
     else:
         if uniform is None:
-            raise ValueError("reward_select: `uniform` [B] is required when temperature > 0")
-        index = _sample_index(score / temperature, uniform)
+            raise ValueError("uniform: a tensor [B] of U[0,1) draws is required when temperature > 0")
+        index = _sample_index((score / temperature).clamp(max=FLT_MAX), uniform)
     token = ids.gather(1, index[:, None])[:, 0]
     return token, index, score
 
 
 def _first_argmax(score: torch.Tensor) -> torch.Tensor:
-    m = score.max(dim=-1, keepdim=True).values
-    hit = score == m
+    """Lowest index of the row maximum (0 for an all -inf row: -inf == -inf)."""
     K = score.shape[-1]
+    hit = score == score.max(dim=-1, keepdim=True).values
     idx = torch.arange(K, device=score.device).expand_as(score)
-    first = torch.where(hit, idx, torch.full_like(idx, K)).min(dim=-1).values
-    return torch.where(first == K, torch.zeros_like(first), first)
+    return torch.where(hit, idx, K).min(dim=-1).values
 
 
-def _sample_index(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits, dim=-1)
-    p = torch.nan_to_num(p, nan=0.0)
+def _sample_index(z: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw from softmax(z) over the entries z > -inf (z <= FLT_MAX)."""
+    live = z > -math.inf
+    zmax = z.max(dim=-1, keepdim=True).values
+    e = torch.where(live, torch.exp(z - torch.where(zmax > -math.inf, zmax, 0.0)), 0.0)
+    total_e = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(total_e > 0, total_e, 1.0)
     cdf = torch.cumsum(p, dim=-1)
     total = cdf[:, -1:]
-    u = uniform.float()[:, None] * total
-    index = (cdf <= u).sum(dim=-1)
-    # guard against u*total landing on the last cdf value through rounding: pick the last
-    # candidate with non-zero probability
-    last_nz = (p > 0).long().cumsum(-1).argmax(-1)
+    index = (cdf <= uniform.float()[:, None] * total).sum(dim=-1)
+    # u * total may round onto the last cdf value: cap at the last candidate with p > 0
+    K = z.shape[-1]
+    last_nz = torch.where(p > 0, torch.arange(K, device=z.device), 0).max(dim=-1).values
     index = torch.minimum(index, last_nz)
-    return torch.where(total[:, 0] > 0, index, torch.zeros_like(index))
-
-
-def argre_reward(h: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """ARGRE token reward θ_r(h) = w2 · relu(w1 h + b1) + b2 for h [..., d], fp32."""
-    return reward_head(h, w1, b1, w2, b2)
+    return torch.where(total[:, 0] > 0, index, 0)
 
 
 def argre_refine(
@@ -166,7 +187,7 @@ def argre_refine(
     n_steps: int = 5,
     step_size: float = 0.5,
 ) -> torch.Tensor:
-    """ARGRE edit of final hidden states h [B, d] (autograd reference).
+    """ARGRE edit of final hidden states h [B, d] (autograd reference: the test oracle).
 
     Steering: h' = h + (1/beta) (r_plus - θ(h)) 1[r_plus > θ(h)] direction
     then n_steps of h' <- h' + step_size ∇_h θ(h').  The MLP runs in fp32; the result is
@@ -174,13 +195,30 @@ def argre_refine(
     """
     x = h.float()
     with torch.no_grad():
-        r = argre_reward(x, w1, b1, w2, b2)
+        r = reward_head(x, w1, b1, w2, b2)
         gap = r_plus - r
         x = x + ((gap * (gap > 0).float()) / beta)[:, None] * direction.float()[None, :]
     for _ in range(n_steps):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            r = argre_reward(xg, w1, b1, w2, b2).sum()
+            r = reward_head(xg, w1, b1, w2, b2).sum()
             (g,) = torch.autograd.grad(r, xg)
         x = x.detach() + step_size * g
+    return x.to(h.dtype)
+
+
+def argre_refine_matmul(h, w1, b1, w2, b2, direction, r_plus: float, *, beta: float = 1.0, n_steps: int = 5,
+                        step_size: float = 0.5) -> torch.Tensor:
+    """`argre_refine` by its closed-form gradient, as batched matrix products (no autograd):
+    ∇θ(x) = (w2 ⊙ 1[W1 x + b1 > 0]) W1, the derivative torch's relu backward uses.  Two
+    GEMMs over W1 per step at full-device bandwidth, no host sync: the path `rgk.ops`
+    takes for large heads on CUDA tensors without the CUDA extension (see there)."""
+    x = h.float()
+    w1f, b1f, w2f = w1.float(), b1.float(), w2.float()[0]
+    theta = torch.relu(x @ w1f.t() + b1f) @ w2f + b2.float()
+    gap = r_plus - theta
+    x = x + (torch.where(gap > 0, gap, 0.0) / beta)[:, None] * direction.float()[None, :]
+    for _ in range(n_steps):
+        c = torch.where(x @ w1f.t() + b1f > 0, w2f, 0.0)
+        x = x + step_size * (c @ w1f)
     return x.to(h.dtype)
