@@ -69,3 +69,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "default_model" in getattr(item, "fixturenames", ()) or item.get_closest_marker("default_model"):
             item.add_marker(requires_default_model)
+
+
+def left_padded(lens=(5, 8, 3), seed=3, vocab=97, pad=0, low=6):
+    """(input_ids, attention_mask) of len(lens) left-padded rows of random tokens in [low, vocab)."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lens), max(lens)
+    ids = torch.randint(low, vocab, (B, T), generator=g)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for b, n in enumerate(lens):
+        mask[b, T - n:] = 1
+        ids[b, :T - n] = pad
+    return ids, mask

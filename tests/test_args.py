@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+
+from conftest import left_padded
 from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
 from rgk.args import (ARGSLogitsProcessor, ForkCache, RewardModel, TextReward, args_generate,
@@ -47,14 +49,7 @@ def models():
 
 
 def prompts(lens=(5, 8, 3), seed=3):
-    g = torch.Generator().manual_seed(seed)
-    B, T = len(lens), max(lens)
-    ids = torch.randint(6, V, (B, T), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    for b, n in enumerate(lens):
-        mask[b, T - n:] = 1
-        ids[b, :T - n] = PAD
-    return ids, mask
+    return left_padded(lens, seed, V, PAD)
 
 
 def sources(models):

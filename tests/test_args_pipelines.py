@@ -11,7 +11,7 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, LlamaConfig
                           LlamaForSequenceClassification, LogitsProcessorList, Qwen2Config,
                           Qwen2ForSequenceClassification)
 
-from conftest import use_backend
+from conftest import left_padded, use_backend
 from rgk.args import (ARGSLogitsProcessor, RewardModel, TextReward, args_generate, load_reward_model,
                       naive_args_generate, tokenizers_agree)
 from rgk.hf import positions
@@ -47,14 +47,7 @@ def tiny_classifier(family, seed=1, vocab=V + 1):
 
 
 def prompts(lens=(5, 8, 3), seed=3, pad=PAD):
-    g = torch.Generator().manual_seed(seed)
-    B, T = len(lens), max(lens)
-    ids = torch.randint(6, V, (B, T), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    for b, n in enumerate(lens):
-        mask[b, T - n:] = 1
-        ids[b, :T - n] = pad
-    return ids, mask
+    return left_padded(lens, seed, V, pad)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,6 +5,8 @@ decoding on the same loop is HF greedy decoding, and the step compiles with
 `torch.compile(fullgraph=True)` (no graph break: nothing in it needs the host)."""
 import pytest
 import torch
+
+from conftest import left_padded
 from transformers import (GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
                           LlamaForSequenceClassification, MistralConfig, MistralForCausalLM, Qwen2Config,
                           Qwen2ForCausalLM)
@@ -39,14 +41,7 @@ def family_lm(family, seed=0):
 
 
 def prompts(lens=(5, 8, 3), seed=3):
-    g = torch.Generator().manual_seed(seed)
-    B, T = len(lens), max(lens)
-    ids = torch.randint(6, V, (B, T), generator=g)
-    mask = torch.zeros(B, T, dtype=torch.long)
-    for b, n in enumerate(lens):
-        mask[b, T - n:] = 1
-        ids[b, :T - n] = PAD
-    return ids, mask
+    return left_padded(lens, seed, V, PAD)
 
 
 def head(d=64, seed=2):
