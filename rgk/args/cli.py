@@ -45,7 +45,8 @@ def score_responses(model, head, input_ids, mask, sequences, pad_id, eos_ids):
     full, fmask = full.gather(1, order), fmask.gather(1, order)
     full = torch.where(fmask.bool(), full, torch.full_like(full, pad_id))
     with torch.no_grad():
-        pos = (fmask.cumsum(-1) - 1).clamp(min=0)
+        from rgk.hf import positions
+        pos = positions(fmask)
         h = final_hidden(model, full, fmask, position_ids=pos)[:, -1]
         return head(h)
 
