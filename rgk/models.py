@@ -257,7 +257,7 @@ def reward_mlp(hidden: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
 
     Runs the fused `rgk.ops.reward_head` when no gradient is wanted, else the
     differentiable PyTorch reference (training, ARGRE's gradient steps)."""
-    from rgk.ops import reference
+    from rgk import ops
     if not isinstance(hidden, torch.Tensor):
         raise TypeError(f"hidden: expected a torch.Tensor, got {type(hidden).__name__}")
     if hidden.dim() < 1 or hidden.shape[-1] != w1.shape[-1]:
@@ -267,7 +267,7 @@ def reward_mlp(hidden: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
         t is not None and t.requires_grad for t in (hidden, w1, b1, w2, b2))
     fused = None if wants_grad else _fused_reward_head()
     if fused is None or hidden.dtype not in _OP_DTYPES or hidden.numel() == 0:
-        return reference.reward_head(hidden, w1, b1, w2, b2)
+        return ops.reward_head(hidden, w1, b1, w2, b2)      # differentiable (the PyTorch form)
     flat = hidden.reshape(-1, hidden.shape[-1])
     params = [None if t is None else t.detach().float() for t in (w1, b1, w2, b2)]
     return fused(flat, *params).reshape(hidden.shape[:-1])

@@ -511,7 +511,7 @@ def test_reward_mlp_dispatch_and_argument_errors(monkeypatch):
         out = head(h)
     assert calls == [(10, 6)] and out.shape == (2, 5)
     grad_out = head(h)
-    assert len(calls) == 1 and grad_out.requires_grad
+    assert len(calls) == 2 and calls[1] == (2, 5, 6) and grad_out.requires_grad   # the op is differentiable
     torch.testing.assert_close(out, grad_out.detach(), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match=r"^hidden: expected \[\.\.\., 6\]"):
         head(torch.randn(3, 7))
