@@ -121,10 +121,7 @@ def run_generate(ns) -> int:
     if ns.reward_model:
         # a sequence classifier brings its own score head (fork path with the LM's tokenizer,
         # text pairs with another); a causal LM folder takes --head
-        from rgk.args.rewards import folder_is_classifier, load_reward_model
-        from pathlib import Path
-        if not (Path(ns.reward_model) / "config.json").exists():
-            raise FileNotFoundError(f"--reward-model: {ns.reward_model} is not a model folder (no config.json)")
+        from rgk.args.rewards import folder_is_classifier, load_reward_model   # folder checked by argparse
         head = None if folder_is_classifier(ns.reward_model) else head_arg
         reward = load_reward_model(ns.reward_model, tok, head=head)
     else:

@@ -175,13 +175,18 @@ def _classifier_head(model) -> RewardHead:
     return head.to(score.weight.device).eval()
 
 
-def _load_model_folder(path, *, classifier: bool, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+def _check_folder(path) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"reward_model: {p} is not a local folder (no model hub is reachable)")
     if not (p / "config.json").exists():
         raise FileNotFoundError(f"reward_model: {p} holds no config.json, so no Hugging Face model")
+    return p
+
+
+def _load_model_folder(path, *, classifier: bool, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    p = _check_folder(path)
     cls = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
     return cls.from_pretrained(p, dtype=dtype).eval()
 
@@ -406,11 +411,7 @@ def load_reward_model(model, lm_tokenizer, *, tokenizer=None, head: RewardHead |
     is fine), else `TextReward.from_classifier` on (prompt, response) pairs.  A causal LM
     needs an rgk `head` and the LM's tokenizer."""
     if isinstance(model, (str, os.PathLike)):
-        p = Path(model)
-        if not p.is_dir():
-            raise FileNotFoundError(f"reward_model: {p} is not a local folder (no model hub is reachable)")
-        if not (p / "config.json").exists():
-            raise FileNotFoundError(f"reward_model: {p} holds no config.json, so no Hugging Face model")
+        p = _check_folder(model)
         if tokenizer is None:
             from transformers import AutoTokenizer
             try:
