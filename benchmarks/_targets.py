@@ -10,8 +10,8 @@ writes DIR/targets.md, DIR/targets.csv and DIR/targets.png (matplotlib needed fo
 
 Verdicts: PASS / FAIL when both sides were measured in the same run; "not measured" when a
 planned row has no measurement (the note says why: "waits for GPU" with --no-gpu, else
-skipped, killed at its time limit or errored); "reported" for end-to-end figures that have
-no required ratio (ARGS).  No figure is ever filled in that was not measured.  The planned
+skipped, killed at its time limit or errored); "reported" for figures that have no
+required ratio.  No figure is ever filled in that was not measured.  The planned
 rows are every case of QUICK_CASES with --quick (the cases `gpu_check.sh --quick` runs), else
 every case found in the results, and at least one row per target.
 
@@ -20,7 +20,9 @@ in the target's mode, and the fused output matched the reference in that run.  T
 (_timing.py): "graph" is device time of CUDA-graph replays, "eager" is the per-call cost of a
 Python loop.  Kernel-level targets are judged on graph time (a stricter test than eager: the
 PyTorch compositions are several launches, whose Python overhead it leaves out); argre_refine
-is judged on eager time because its baseline is a Python autograd loop.  When a side could
+is judged on eager time because its baseline is a Python autograd loop; ARGS end to end
+(bench_args_e2e.py) on synchronised wall time per generated token ("eager" here), each side
+the median of its timed runs in one process.  When a side could
 not be captured in a graph, that row falls back to eager for both sides and says so.
 Exit status: 0 when every row is PASS or reported, 1 when any row FAILs, 2 when nothing
 failed but some row was not measured.
@@ -33,6 +35,39 @@ import json
 import os
 import re
 import sys
+
+_E2E = dict(op="args_e2e", mode="eager")
+HF, SHARED, RM, VANILLA = ("HF greedy generate", "native ARGS, shared head", "native ARGS, separate RM",
+                           "native vanilla greedy")
+PROCESSOR, NAIVE = "processor in generate (separate RM)", "naive ARGS (shared head)"
+ARGS_GPU_TARGETS = [
+    dict(_E2E, target="ARGS native shared head >= 8x HF greedy generate's tokens/s", baselines=[HF], fused=[SHARED],
+         required=lambda r: 8.0, backend="cuda"),
+    dict(_E2E, target="ARGS native shared head time/token <= 1.3x native vanilla's (ratio >= 0.769)",
+         baselines=[VANILLA], fused=[SHARED], required=lambda r: 1 / 1.3, backend="cuda"),
+    dict(_E2E, target="ARGS native separate RM >= 5x HF greedy generate's tokens/s", baselines=[HF], fused=[RM],
+         required=lambda r: 5.0, backend="cuda"),
+    dict(_E2E, target="ARGS native separate RM time/token <= 2.3x native vanilla's (ratio >= 0.435)",
+         baselines=[VANILLA], fused=[RM], required=lambda r: 1 / 2.3, backend="cuda"),
+    dict(_E2E, target="ARGS processor in generate time/token <= 1.15x HF greedy's (ratio >= 0.870)", baselines=[HF],
+         fused=[PROCESSOR], required=lambda r: 1 / 1.15, backend="cuda"),
+    dict(_E2E, target="ARGS native shared head >= 20x naive ARGS (B=8, prompt 1024, Llama-3.2-1B shape)",
+         baselines=[NAIVE], fused=[SHARED], required=lambda r: 20.0, backend="cuda",
+         case_re=r"^llama-3\.2-1b-B8-P1024-"),
+]
+# ARGS end to end on CPU (the real SmolLM2): not part of the GPU check; bench_args_e2e.py
+# prints them for its CPU runs.  The floors are forwards against the prefix cache measured
+# in the same run (bench_args_e2e.floor_ms).
+ARGS_CPU_TARGETS = [
+    dict(_E2E, target=f"ARGS CPU: {name} within 5% of its compute floor (floor / loop >= 0.952)", baselines=[floor],
+         fused=[name], required=lambda r: 1 / 1.05, backend="cpu")
+    for name, floor in ((SHARED, "floor: k-token LM forward"), (RM, "floor: 1-token LM + k-token RM forward"),
+                        (VANILLA, "floor: 1-token LM forward"))
+] + [
+    dict(_E2E, target="ARGS CPU: processor in generate time/token <= 1.1x the native separate-RM loop's "
+                      "(ratio >= 0.909)",
+         baselines=[RM], fused=[PROCESSOR], required=lambda r: 1 / 1.1, backend="cpu"),
+]
 
 TARGETS = [
     dict(op="topk_logprobs", target="topk_logprobs >= 4x log_softmax+topk (bf16)",
@@ -50,16 +85,17 @@ TARGETS = [
     dict(op="argre_generate", target="ARGRE editing adds <= 5% per generated token (ratio >= 0.952)",
          baselines=["unedited"], mode="eager", required=lambda r: 1 / 1.05, fused=["cuda", "triton", "torch"],
          measured_only=True),
-    # end to end, no required ratio: greedy generate's time per token over each ARGS variant's
-    dict(op="args_e2e", target="ARGS end to end: greedy generate / ARGS time per token (reported)",
-         baselines=["greedy generate"], mode="eager", required=None,
-         fused=["ARGS native, shared head", "ARGS native, reward model", "ARGS LogitsProcessor",
-                "naive ARGS reference"]),
+    # ARGS end to end on CUDA (bench_args_e2e.py: random weights of SmolLM2-135M's and
+    # Llama-3.2-1B's shapes, CUDA-graph native loop), ms per generated token, same run.
+    # "within Nx of vanilla" reads vanilla / ARGS >= 1/N; "processor <= 1.15x greedy's time"
+    # reads greedy / processor >= 1/1.15.
+    *ARGS_GPU_TARGETS,
 ]
 FUSED = ["cuda", "triton"]
 
 # The cases that decide each target in `gpu_check.sh --quick` (a small-batch and a large-batch
-# case per kernel; the end-to-end cases at the suites' CUDA shapes).  The benchmark suites run
+# case per kernel; ARGS end to end: the Llama-3.2-1B-shaped B=8 prompt-1024 case and the
+# SmolLM2-135M-shaped B=1 prompt-128 case, 128 new tokens, k=10).  The benchmark suites run
 # exactly these when RGK_BENCH_QUICK=1 (_timing.quick_cases); tests/test_gpu_check.py checks
 # that every id is one of its suite's case ids.
 QUICK_CASES = {
@@ -68,7 +104,7 @@ QUICK_CASES = {
     "reward_select": ["linear-B1-d576", "mlp1024-B64-d2048"],
     "argre_refine": ["B1-d2048", "B64-d2048"],
     "argre_generate": ["B1-P32-N64"],
-    "args_e2e": ["B8-P256-N32-k10"],
+    "args_e2e": ["llama-3.2-1b-B8-P1024-N128-k10", "smollm2-135m-B1-P128-N128-k10"],
 }
 COLUMNS = ["target", "case", "fused", "mode", "baseline", "baseline_ms", "fused_ms", "ratio", "required", "verdict",
            "note"]
@@ -117,15 +153,26 @@ def _case_key(case: str):
     return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", case)]
 
 
-def evaluate(records: list[dict], quick: bool = False, why_missing: str = "") -> list[dict]:
-    """One row per (target, planned case, fused implementation)."""
+def _applies(t: dict, case: str, impls: dict | None) -> bool:
+    """Whether target t judges this case: its case pattern, and (for measured cases) the
+    backend its records were measured on ("cuda" / "cpu", set by bench_args_e2e.py)."""
+    if t.get("case_re") and not re.search(t["case_re"], case):
+        return False
+    if t.get("backend") and impls is not None:
+        return any(r.get("backend") == t["backend"] for r in impls.values())
+    return True
+
+
+def evaluate(records: list[dict], quick: bool = False, why_missing: str = "", targets: list[dict] | None = None
+             ) -> list[dict]:
+    """One row per (target, planned case, fused implementation); targets default to TARGETS."""
     by_case: dict[tuple, dict[str, dict]] = {}
     for r in records:
         by_case.setdefault((r["op"], r["case"]), {})[r["impl"]] = r
     rows = []
-    for t in TARGETS:
-        found = {c for (op, c) in by_case if op == t["op"]}
-        planned = set(QUICK_CASES.get(t["op"], [])) if quick else set()
+    for t in TARGETS if targets is None else targets:
+        found = {c for (op, c) in by_case if op == t["op"] and _applies(t, c, by_case[(op, c)])}
+        planned = {c for c in QUICK_CASES.get(t["op"], []) if _applies(t, c, None)} if quick else set()
         cases = sorted(found | planned, key=_case_key)
         if not cases:
             rows.append(_missing(t, "all cases", "-", why_missing or "no measurement in the results"))
@@ -195,11 +242,10 @@ def _row(t, case, fused, impls, why_missing="") -> dict:
             note += f" ({100 * gbps / f['copy_gbps']:.0f}% of {f['copy_gbps']:.0f} GB/s copy)"
         notes.append(note)
     if t["op"] == "args_e2e":
-        naive = impls.get("naive ARGS reference")
-        if naive and _ms(naive, mode) and fused != naive["impl"]:
-            notes.append(f"{_ms(naive, mode) / fms:.1f}x faster than the naive reference")
+        if f.get("rounds"):
+            notes.append(f"median of {f['rounds']} run(s) vs {base.get('rounds', '?')}")
         if f.get("weights"):
-            notes.append(f"{f['weights']} weights")
+            notes.append(f"{f['weights']} weights, {f.get('dtype', '?')}")
     other = "graph" if mode == "eager" else "eager"
     if _ms(base, other) and _ms(f, other):
         notes.append(f"{other} ratio {_ms(base, other) / _ms(f, other):.1f}x")
@@ -228,8 +274,8 @@ def tally(rows: list[dict]) -> str:
             f"of {len(rows)} rows")
 
 
-def print_table(rows: list[dict], device: str) -> None:
-    print(f"\nrgk fused-kernel targets — {device}")
+def print_table(rows: list[dict], device: str, title: str = "rgk fused-kernel targets") -> None:
+    print(f"\n{title} — {device}")
     body = [_cells(r) for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(HEAD[:-1])]
     line = "  ".join(h.ljust(w) for h, w in zip(HEAD, widths))
@@ -301,7 +347,8 @@ def plot(rows: list[dict], path: str, device: str) -> bool:
                        fontsize=6)
     ax.set_xscale("log")
     ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("speed-up over the PyTorch baseline (log scale); green = meets its target, grey = reported only")
+    ax.set_xlabel("baseline / fused time (log scale; kernels: speed-up over PyTorch); green = meets its target, "
+                  "red = misses it, grey = reported only")
     ax.set_title(f"rgk fused kernels vs PyTorch — {device}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130, bbox_inches="tight")

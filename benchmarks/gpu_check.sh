@@ -7,8 +7,8 @@
 # On a bare CUDA machine with torch, triton, transformers, nvcc, ninja, pytest(-xdist,
 # -benchmark), matplotlib and compute-sanitizer installed (no network; nothing is downloaded)
 # it builds the rgk._C extension, runs the GPU tests, compute-sanitizer, the benchmark cases
-# that decide each target with their PyTorch baselines in the same run, ARGS end to end on a
-# SmolLM2-135M-shaped model, and prints ONE target table.
+# that decide each target with their PyTorch baselines in the same run, ARGS end to end on
+# SmolLM2-135M- and Llama-3.2-1B-shaped models, and prints ONE target table.
 #
 # Stages and their time budgets in seconds (BUDGET_QUICK / BUDGET_FULL below are the source;
 # tests/test_gpu_check.py parses them and checks that the quick ones add up to <= 300):
@@ -25,10 +25,17 @@
 #   sanitize                 40    70  yes        compute-sanitizer memcheck (quick: one case per op) and,
 #                                                 in parallel, racecheck (quick: the two ticket-merge
 #                                                 kernels, topk_logprobs and fork_attention, split)
-#   bench_kernels            45   130  yes        benchmarks/bench_<op>.py, fused vs PyTorch in one run
+#   bench_kernels            40   130  yes        benchmarks/bench_<op>.py, fused vs PyTorch in one run
 #                                                 (quick: _targets.QUICK_CASES, two cases per kernel)
-#   bench_argre_generate     25    45  yes        ARGRE's per-token editing overhead (a target row)
-#   bench_args_e2e           40    45  yes        ARGS end to end, SmolLM2-135M shape (reported rows)
+#   bench_argre_generate     20    45  yes        ARGRE's per-token editing overhead (a target row)
+#   bench_args_e2e           55    60  yes        bench_args_e2e.py: ARGS every way in (HF greedy generate,
+#                                                 naive, processor, native separate RM / shared head /
+#                                                 vanilla on the CUDA-graph loop), random weights of
+#                                                 SmolLM2-135M's and Llama-3.2-1B's shapes, 128 new tokens,
+#                                                 k=10, under --budget (the stage limit less 12 s); quick:
+#                                                 the two cases of _targets.QUICK_CASES["args_e2e"], full:
+#                                                 B 1/8 x prompt 128/1024 x both shapes, as far as the
+#                                                 budget goes (in that priority order)
 #   dispatch                  0    15  yes        host overhead per call (full only)
 #   summary                  10    10  no         benchmarks/_targets.py: the table
 #
@@ -42,7 +49,8 @@
 # stage so that a run killed at its limit still leaves everything finished so far:
 #   gpu_check.log              every stage's output, appended as it runs
 #   gpu_check_results.tar.gz   every stage's result files (per-stage logs, pytest-benchmark JSON,
-#                              records.jsonl, junit XML, sanitizer logs and verdicts, stages.json),
+#                              records.jsonl, junit XML, sanitizer logs and verdicts, args_e2e/ with
+#                              the ARGS tables (.md, .json) and plot (.png), stages.json),
 #                              re-created after each stage
 #   targets.md targets.csv targets.png    the table (written by the summary stage)
 # Nothing else is written under $OUT (scratch lives in a temporary folder).  A figure appears
@@ -51,7 +59,9 @@
 # Switches: RGK_CHECK_BUILD=pip|jit (first build to try, default pip), RGK_CHECK_SKIP="tests
 # sanitize ..." (stages to skip), RGK_CHECK_DEADLINE (seconds), RGK_CHECK_NO_GPU=1 (behave as on
 # a machine without a CUDA device), RGK_CHECK_XDIST (pytest -n value, default auto), MAX_JOBS
-# (compile jobs, default nproc), RGK_CUDA_ARCHS (default 90a), PYTHON (default python3).
+# (compile jobs, default nproc), RGK_CUDA_ARCHS (default 90a), PYTHON (default python3),
+# RGK_ARGS_E2E_FLAGS (extra flags for bench_args_e2e.py in its stage, e.g. "--repeats 1").
+# Each stage sees its limit in seconds as RGK_STAGE_LIMIT.
 # Test hook (tests/test_gpu_check.py): RGK_GPU_CHECK_TEST_SLEEP_STAGE=<stage> replaces that
 # stage's command by a sleep longer than its budget, which becomes
 # RGK_GPU_CHECK_TEST_SLEEP_BUDGET seconds (default 2), and runs it even without a GPU: the
@@ -68,9 +78,9 @@ declare -A BUDGET_QUICK=(
   [tests]=50
   [smoke]=20
   [sanitize]=40
-  [bench_kernels]=45
-  [bench_argre_generate]=25
-  [bench_args_e2e]=40
+  [bench_kernels]=40
+  [bench_argre_generate]=20
+  [bench_args_e2e]=55
   [dispatch]=0
   [summary]=10
 )
@@ -82,7 +92,7 @@ declare -A BUDGET_FULL=(
   [sanitize]=70
   [bench_kernels]=130
   [bench_argre_generate]=45
-  [bench_args_e2e]=45
+  [bench_args_e2e]=60
   [dispatch]=15
   [summary]=10
 )
@@ -223,11 +233,21 @@ stage_bench_argre_generate() {
   "$PY" -m pytest -q -s -p no:cacheprovider -rfE benchmarks/bench_argre_generate.py -k overhead
 }
 
+# the ARGS cases: quick = _targets.QUICK_CASES["args_e2e"] (tests/test_gpu_check.py checks it);
+# full = every GPU case of the issue, the quick ones first
+ARGS_E2E_QUICK=llama-3.2-1b:8:1024,smollm2-135m:1:128
+ARGS_E2E_FULL=$ARGS_E2E_QUICK,smollm2-135m:8:1024,smollm2-135m:1:1024,smollm2-135m:8:128,llama-3.2-1b:1:128,llama-3.2-1b:1:1024,llama-3.2-1b:8:128
+
 stage_bench_args_e2e() {
-  local pb=()
-  "$PY" -c "import pytest_benchmark" 2>/dev/null \
-    && pb=(--benchmark-disable-gc --benchmark-json="$WORK/args_e2e.json" --benchmark-columns=median,rounds)
-  "$PY" -m pytest -q -s -p no:cacheprovider -rfE benchmarks/bench_args_e2e.py "${pb[@]}"
+  # the benchmark's own budget: this stage's limit less 12 s (start-up, writing the results)
+  local lim=${RGK_STAGE_LIMIT:-${BUDGET_QUICK[bench_args_e2e]}} cases=$ARGS_E2E_FULL budget extra=()
+  [[ $MODE == quick ]] && cases=$ARGS_E2E_QUICK
+  budget=$(( lim > 24 ? lim - 12 : lim / 2 ))
+  # shellcheck disable=SC2206
+  [[ -n ${RGK_ARGS_E2E_FLAGS:-} ]] && extra=($RGK_ARGS_E2E_FLAGS)
+  "$PY" benchmarks/bench_args_e2e.py --device cuda --random-weights --cases "$cases" --new 128 --k 10 \
+    --repeats 3 --warmup-new 16 --naive-new 4 --naive-cases llama-3.2-1b:8:1024 --budget "$budget" \
+    --out "$WORK/args_e2e" --records "$WORK/records.jsonl" "${extra[@]}"
 }
 
 stage_dispatch() {
@@ -238,7 +258,7 @@ stage_summary() {
   local flags=() rc
   [[ $MODE == quick ]] && flags+=(--quick)
   [[ $HAVE_GPU == 1 ]] || flags+=(--no-gpu)
-  "$PY" benchmarks/_targets.py "$WORK/records.jsonl" "$WORK/bench_kernels.json" "$WORK/args_e2e.json" \
+  "$PY" benchmarks/_targets.py "$WORK/records.jsonl" "$WORK/bench_kernels.json" \
     --out-dir "$OUT" --title "rgk GPU check ($MODE) $STAMP: targets" "${flags[@]}"
   rc=$?
   cp -f "$OUT"/targets.md "$OUT"/targets.csv "$WORK"/ 2>/dev/null
@@ -358,7 +378,7 @@ run_stage() {
   lim=$budget
   (( left < lim )) && lim=$left
   if (( lim < 1 )); then skip "$name" "global deadline (${DEADLINE}s) reached"; return 0; fi
-  local cmd=(bash "$SELF" --stage "$name")
+  local cmd=(env RGK_STAGE_LIMIT="$lim" bash "$SELF" --stage "$name")
   [[ $name == "$SLEEP_STAGE" ]] && cmd=(sleep $(( lim + 60 )))
   say "== $name (budget ${budget}s, limit ${lim}s)$( [[ $name == "$SLEEP_STAGE" ]] && echo ': test hook, sleeping past the limit')"
   t=$(date +%s)
@@ -402,6 +422,14 @@ for s in "${STAGES[@]}"; do
   if [[ $s == build && "$(cat "$WORK/build_mode" 2>/dev/null)" == jit ]]; then
     export RGK_JIT=1
     say "using the JIT build (RGK_JIT=1) from here on"
+  fi
+  # `python -m pytest` / `python -c` put the working directory (the repository root) first on
+  # sys.path, where kernels/ shadows the installed `kernels` package that transformers imports
+  # when it is installed; with rgk installed (the build stage), leave the working directory out
+  if [[ $s == build && -z ${PYTHONSAFEPATH:-} ]] && (cd "${TMPDIR:-/tmp}" && PYTHONSAFEPATH=1 "$PY" -c \
+      "import importlib.metadata as m, rgk; m.version('kernels')") >/dev/null 2>&1; then
+    export PYTHONSAFEPATH=1
+    say "PYTHONSAFEPATH=1 from here on (the repository's kernels/ folder would shadow the installed 'kernels' package)"
   fi
 done
 

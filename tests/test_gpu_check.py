@@ -77,6 +77,21 @@ def test_stage_budgets_fit():
     assert sum(full.values()) < 600, full  # one device command is at most 10 minutes
     assert all(quick[s] > 0 for s in stages if s != "dispatch"), quick
     assert quick["summary"] > 0 and stages[-1] == "summary"
+    assert "bench_args_e2e" in _gpu_stages() and quick["bench_args_e2e"] >= 45, quick  # two GPU cases fit
+
+
+def test_budget_tables_in_the_docs_match_the_script():
+    """The header comment of gpu_check.sh and benchmarks/README.md state the same budgets."""
+    quick, full = _budgets("QUICK"), _budgets("FULL")
+    header = _script().split("set -u -o pipefail")[0]
+    with open(os.path.join(BENCH, "README.md")) as f:
+        readme = f.read()
+    for stage in _stages():
+        q = str(quick[stage]) if stage != "dispatch" else "0"
+        assert re.search(rf"^#   {stage}\s+{q}\s+{full[stage]}\s", header, re.M), stage
+        q = str(quick[stage]) if quick[stage] else "—"
+        assert re.search(rf"^\| {stage} \| {q} \| {full[stage]} \|", readme, re.M), stage
+    assert f"| **total** | **{sum(quick.values())}** | **{sum(full.values())}** |" in readme
 
 
 def test_quick_run_without_gpu(quick_run):
@@ -88,6 +103,8 @@ def test_quick_run_without_gpu(quick_run):
     for stage in _gpu_stages():
         line = f"SKIP {stage}: no CUDA device" if quick[stage] else f"SKIP {stage}: not part of the quick check"
         assert log.count(line) == 1, f"missing or repeated {line!r}"
+    assert log.count("SKIP bench_args_e2e: no CUDA device") == 1
+    assert "[args_e2e]" not in log  # the benchmark itself never started
     assert "total 295s (limit 300s)" in log or re.search(r"total \d+s \(limit 300s\)", log)
     files = sorted(os.listdir(out))
     assert {"gpu_check.log", "gpu_check_results.tar.gz", "targets.md", "targets.csv"} <= set(files), files
@@ -157,14 +174,49 @@ def test_quick_cases_exist():
         ids[op] = {mod.case_id(c) for c in mod.CASES}
     gen = importlib.import_module("bench_argre_generate")
     ids["argre_generate"] = {f"B{b}-P{gen.PROMPT_LEN}-N{gen.NEW_TOKENS}" for b in (1, 8, 32)}
-    e2e = importlib.import_module("bench_args_e2e")
-    ids["args_e2e"] = {"B{}-P{}-N{}-k{}".format(*e2e.CUDA_SHAPE)}
+    e2e = importlib.import_module("bench_args_e2e")  # the cases the ARGS stage runs in --quick
+    quick_cases = re.search(r"^ARGS_E2E_QUICK=(\S+)$", _script(), re.M).group(1)
+    ids["args_e2e"] = {c.id(128, 10) for c in e2e.parse_cases("--cases", quick_cases)}
+    assert list(_targets.QUICK_CASES["args_e2e"]) == [c.id(128, 10) for c in e2e.parse_cases("--cases", quick_cases)]
     assert set(_targets.QUICK_CASES) == set(ids)
     for op, want in _targets.QUICK_CASES.items():
         assert want and set(want) <= ids[op], (op, sorted(set(want) - ids[op]))
     for op in sanitize_driver.OPS:  # builds the case list only; nothing runs
         got = [d for d, _ in sanitize_driver._cases(op, torch, "cpu", quick=True)]
         assert sorted(got) == sorted(sanitize_driver.QUICK[op])
+
+
+def _stage_env(tmp_path, mode, **env):
+    full = dict(os.environ)
+    full.pop("RGK_ARGS_E2E_FLAGS", None)
+    full.update(ROOT=ROOT, MODE=mode, WORK=str(tmp_path), PY=sys.executable, **env)
+    return full
+
+
+@pytest.mark.parametrize("mode", ["quick", "full"])
+def test_args_e2e_stage_command(tmp_path, mode):
+    """The ARGS stage's own command line, as gpu_check.sh runs it on a GPU, with --plan added
+    (parses every flag, prints the cases and variants, builds nothing): quick = QUICK_CASES,
+    the naive reference only in the Llama-3.2-1B B=8 prompt-1024 case, the CUDA-graph loop in
+    bf16, and a budget of the stage limit less 12 s."""
+    import _targets
+    p = subprocess.run(["bash", SCRIPT, "--stage", "bench_args_e2e"], capture_output=True, text=True, timeout=120,
+                       env=_stage_env(tmp_path, mode, RGK_STAGE_LIMIT="55", RGK_ARGS_E2E_FLAGS="--plan"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    plan = dict(line.split(": ", 1) for line in p.stdout.splitlines() if ": " in line and "-k10" in line)
+    want = _targets.QUICK_CASES["args_e2e"]
+    if mode == "quick":
+        assert list(plan) == want
+    else:
+        assert list(plan)[:len(want)] == want and len(plan) == 8
+        assert {(c.split("-B")[0], c.split("-B")[1].split("-")[0], c.split("-P")[1].split("-")[0]) for c in plan} \
+            == {(s, b, q) for s in ("smollm2-135m", "llama-3.2-1b") for b in ("1", "8") for q in ("128", "1024")}
+    for case, keys in plan.items():
+        keys = keys.split(", ")
+        assert keys[:5] == ["hf", "native_shared", "native_rm", "native_vanilla", "processor"], keys
+        assert ("naive" in keys) == case.startswith("llama-3.2-1b-B8-P1024-"), (case, keys)
+        assert "floor" not in keys and not any(k.startswith(("dynamic", "compiled")) for k in keys)
+    assert "device cuda, torch.bfloat16, loop graph, budget 43.0" in p.stdout, p.stdout
 
 
 def _rec(op, case, impl, **kw):
