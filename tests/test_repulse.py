@@ -626,10 +626,46 @@ def test_cli_train_resume_and_eval(tiny_folder, tmp_path, capsys, shared_dir):
     code, o, err = run_cli(["repulse", "eval", "--run", str(out), "--reference", str(tiny_folder / "model"),
                             "--head", str(tiny_folder / "head"), "--data-dir", str(Path(shared_dir) / "data"),
                             "--n-prompts", "3", "--samples-per-prompt", "2", "--max-new-tokens", "3",
-                            "--threshold", "0", "--no-progress"], capsys)
+                            "--threshold", "0", "--no-progress", "--judge", "profanity"], capsys)
     assert code == 0, err
     res = json.loads(o)
     assert res["n_samples"] == 6 and 0 <= res["p_bad"] <= 1 and res["kl"] is not None
+    assert 0 <= res["judge_mean"] <= 1 and res["judge_share"] in {i / 6 for i in range(7)}
+    assert res["p_bad_ci"][0] <= res["p_bad"] <= res["p_bad_ci"][1]
+
+
+def test_bootstrap_ci_is_exact_on_constants_and_right_sized_on_noise():
+    from rgk.repulse.evaluate import bootstrap_ci
+    assert bootstrap_ci(torch.full((7,), 0.25)) == [0.25, 0.25]
+    x = torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 1
+    lo, hi = bootstrap_ci(x, n=4000, seed=1)
+    assert lo < float(x.mean()) < hi
+    half = 1.96 * float(x.std()) / 400 ** 0.5                  # the normal-theory half width
+    assert abs((hi - lo) / 2 - half) < 0.15 * half, (lo, hi, half)
+    assert bootstrap_ci(x, n=500, seed=3) == bootstrap_ci(x, n=500, seed=3)
+
+
+def test_evaluate_policy_judge_is_averaged_per_sample_with_intervals(tiny_folder):
+    from rgk.models import RewardHead, load_model
+    from rgk.repulse.evaluate import evaluate_policy
+    model, tok = load_model(str(tiny_folder / "model"))
+    head = RewardHead.load(tiny_folder / "head")
+    seen = []
+
+    def judge(texts):
+        seen.extend(texts)
+        return [min(1.0, len(t) / 10) for t in texts]
+    res = evaluate_policy(model, head, ["a b", "c d e"], tokenizer=tok, samples_per_prompt=3, max_new_tokens=3,
+                          threshold=0.0, batch_prompts=1, judge=judge, progress=False, keep_samples=True)
+    vals = [min(1.0, len(t) / 10) for t in seen]
+    assert len(seen) == 6 and res["judge_mean"] == pytest.approx(sum(vals) / 6)
+    assert res["judge_share"] == pytest.approx(sum(v > 0.5 for v in vals) / 6)
+    assert res["samples"]["judge"] == pytest.approx(vals) and len(res["samples"]["reward"]) == 6
+    for k in ("reward_mean", "p_bad", "judge_mean", "judge_share"):
+        lo, hi = res[k + "_ci"]
+        assert lo <= res[k] + 1e-12 and res[k] <= hi + 1e-12
+    with pytest.raises(ValueError, match="judge: needs a tokenizer"):
+        evaluate_policy(model, head, [[5, 6]], samples_per_prompt=2, max_new_tokens=2, judge=judge, progress=False)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -163,6 +163,9 @@ def add_parsers(subparsers) -> None:
     e.add_argument("--batch-prompts", type=int_at_least(1), default=8)
     e.add_argument("--max-prompt-tokens", type=int_at_least(1), default=64)
     e.add_argument("--seed", type=int_at_least(0), default=0)
+    e.add_argument("--judge", choices=("none", "profanity"), default="none",
+                   help="an independent second judge of the decoded responses: profanity = alt-profanity-check "
+                        "(adds judge_mean = mean P(offensive) and judge_share = share > 0.5)")
     e.add_argument("--json", default=None, help="also write the result to this file")
     e.add_argument("--no-progress", action="store_true")
     _reward_flags(e)
@@ -225,11 +228,17 @@ def _eval(ns) -> int:
         model, tok = models.load_model(str(model_path) if model_path else None)
         reference, _ = models.load_model(ns.reference)
         reward, desc = reward_from_flags(ns, tok)
+        judge = None
+        if ns.judge == "profanity":
+            import importlib.util
+            if importlib.util.find_spec("profanity_check") is None:
+                raise ImportError("--judge: profanity needs alt-profanity-check (pip install alt-profanity-check)")
+            from rgk.argre.data import judge
         res = evaluate_policy(model, reward, prompts, tokenizer=tok, reference=reference,
                               samples_per_prompt=ns.samples_per_prompt, max_new_tokens=ns.max_new_tokens,
                               threshold=ns.threshold, tail_fraction=ns.tail_fraction, batch_prompts=ns.batch_prompts,
                               seed=ns.seed, max_prompt_tokens=ns.max_prompt_tokens, chat_template=ns.chat_template,
-                              progress=not ns.no_progress)
+                              progress=not ns.no_progress, judge=judge)
     except (ValueError, TypeError, OSError) as e:
         raise _flag_error(e) from None
     res = {"model": str(model_path) if model_path else models.DEFAULT_MODEL, "reward": desc, **res}
