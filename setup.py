@@ -10,11 +10,13 @@ Sources and flags come from rgk/ops/_jit.py, which the JIT build (RGK_JIT=1) use
 import importlib.util
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
-packages = ["rgk", "rgk.ops", "rgk.args", "rgk.argre", "rgk.kernels"]
-package_dir = {"rgk.kernels": "kernels"}
-package_data = {"rgk": ["data/heads/*", "data/argre/*"]}
+# Triton kernels live in rgk/kernels (not a top-level `kernels/`: that name is the Hugging
+# Face `kernels` package transformers imports, and a folder of that name in the checkout
+# would shadow it whenever the checkout is on sys.path, e.g. under `python -m pytest`).
+packages = find_packages(include=["rgk", "rgk.*"])
+package_data = {"rgk": ["data/heads/*", "data/argre/*", "data/judges/*"]}
 
 
 def _cuda_extensions():
@@ -44,5 +46,5 @@ def _cuda_extensions():
 
 
 ext_modules, cmdclass = _cuda_extensions()
-setup(packages=packages, package_dir=package_dir, package_data=package_data,
+setup(packages=packages, package_data=package_data,
       include_package_data=True, ext_modules=ext_modules, cmdclass=cmdclass)

@@ -55,13 +55,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # _timing, _targets
-# The repository root (or "", the working directory, as `python -m pytest` from the root puts
-# it first) must come AFTER site-packages: its kernels/ folder would shadow the installed
-# `kernels` package that transformers imports.  rgk is found there or installed.
-if "transformers" not in sys.modules:
-    _front = [p for p in sys.path if os.path.abspath(p or os.curdir) == ROOT]
-    if _front:
-        sys.path[:] = [p for p in sys.path if p not in _front] + _front
 try:
     import rgk  # noqa: F401
 except ImportError:

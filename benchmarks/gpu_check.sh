@@ -169,7 +169,7 @@ stage_build() {
     fi
     echo "build: the pip build failed (exit $rc) after $(( $(date +%s) - t0 ))s; trying the JIT build"
   fi
-  # the JIT path still needs the package installed (rgk.kernels maps to kernels/), without the extension
+  # the JIT path still needs the package installed (without the extension)
   RGK_SKIP_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . \
     || echo "build: pip install of the Python package failed"
   if RGK_JIT=1 "$PY" -c "from rgk.ops import _jit; print(_jit.load(verbose=True))" && RGK_JIT=1 ext_ok; then
@@ -422,14 +422,6 @@ for s in "${STAGES[@]}"; do
   if [[ $s == build && "$(cat "$WORK/build_mode" 2>/dev/null)" == jit ]]; then
     export RGK_JIT=1
     say "using the JIT build (RGK_JIT=1) from here on"
-  fi
-  # `python -m pytest` / `python -c` put the working directory (the repository root) first on
-  # sys.path, where kernels/ shadows the installed `kernels` package that transformers imports
-  # when it is installed; with rgk installed (the build stage), leave the working directory out
-  if [[ $s == build && -z ${PYTHONSAFEPATH:-} ]] && (cd "${TMPDIR:-/tmp}" && PYTHONSAFEPATH=1 "$PY" -c \
-      "import importlib.metadata as m, rgk; m.version('kernels')") >/dev/null 2>&1; then
-    export PYTHONSAFEPATH=1
-    say "PYTHONSAFEPATH=1 from here on (the repository's kernels/ folder would shadow the installed 'kernels' package)"
   fi
 done
 

@@ -208,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> topk_logprobs_cuda(const at::Tensor& logits, 
 // ------------------------------------------------------------------ fork_attention
 at::Tensor fork_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cache_in, const at::Tensor& v_cache_in,
                                const at::Tensor& k_new_in, const at::Tensor& v_new_in, const at::Tensor& cache_start,
-                               const at::Tensor& cache_end, double scale) {
+                               const at::Tensor& cache_end, double scale, int64_t max_valid_len) {
   constexpr const char* op = "fork_attention";
   check_cuda(q_in, q_in, op, "q");
   check_cuda(k_cache_in, q_in, op, "k_cache");
@@ -244,6 +244,8 @@ at::Tensor fork_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cache
   int_rows(cache_start, "cache_start");
   int_rows(cache_end, "cache_end");
   TORCH_CHECK(B * Hq * K <= INT32_MAX && L <= INT32_MAX, op, ": tensors too large for the fused kernel");
+  TORCH_CHECK(max_valid_len >= 0 && max_valid_len <= L, op, ": max_valid_len must be in [0, L = ", L,
+              "] (0: the capacity L), got ", max_valid_len);
   const at::Tensor q = unit_last(q_in), kc = unit_last(k_cache_in), vc = unit_last(v_cache_in);
   const at::Tensor kn = unit_last(k_new_in), vn = unit_last(v_new_in);
   const at::Tensor cs = cache_start.contiguous(), ce = cache_end.contiguous();
@@ -271,14 +273,16 @@ at::Tensor fork_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_cache
   a.dtype = dt;
 
   RgkForkPlan plan;
-  // max_valid_len: no host-side bound of cache_end - cache_start reaches this schema yet, so
-  // 0 ("use L"); plan and launch must get the same value
-  const int max_valid_len = 0;
-  check_launch(rgk_fork_attention_plan(a, max_valid_len, &plan), op);
+  // max_valid_len: the caller's host-side bound of every cache_end[b] (hence of
+  // cache_end[b] - cache_start[b]), 0 for the capacity L; it sizes the KV splits only (the
+  // kernel covers each row's whole [start, end) whatever it is).  Plan and launch must get
+  // the same value: it sizes the workspace.
+  const int valid_len = static_cast<int>(max_valid_len);
+  check_launch(rgk_fork_attention_plan(a, valid_len, &plan), op);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   at::Tensor ws = workspace(q, plan.workspace_bytes);
   int* sync = sync_buffer(q, stream, plan.sync_ints, op);
-  check_launch(rgk_fork_attention_launch(a, max_valid_len, ws.data_ptr(), sync, stream), op);
+  check_launch(rgk_fork_attention_launch(a, valid_len, ws.data_ptr(), sync, stream), op);
   return out;
 }
 
@@ -443,7 +447,7 @@ at::Tensor argre_refine_cuda(const at::Tensor& h_in, const at::Tensor& w1_in, co
 TORCH_LIBRARY(rgk, m) {
   m.def("topk_logprobs(Tensor logits, int k) -> (Tensor, Tensor)");
   m.def("fork_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor k_new, Tensor v_new, Tensor cache_start, "
-        "Tensor cache_end, float scale) -> Tensor");
+        "Tensor cache_end, float scale, int max_valid_len=0) -> Tensor");
   m.def("reward_select(Tensor hidden, Tensor logp, Tensor ids, Tensor w1, Tensor b1, Tensor? w2, Tensor? b2, "
         "float reward_weight, float temperature, Tensor? uniform) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("argre_refine(Tensor h, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor direction, float r_plus, "
@@ -462,7 +466,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             "implementations without the dispatcher";
   m.def("topk_logprobs", &topk_logprobs_cuda, "topk_logprobs(logits, k) -> (logp, ids)");
   m.def("fork_attention", &fork_attention_cuda,
-        "fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale) -> out");
+        "fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, max_valid_len=0) -> out",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("k_new"), py::arg("v_new"),
+        py::arg("cache_start"), py::arg("cache_end"), py::arg("scale"), py::arg("max_valid_len") = 0);
   m.def("reward_select", &reward_select_cuda,
         "reward_select(hidden, logp, ids, w1, b1, w2, b2, reward_weight, temperature, uniform) -> "
         "(token, index, score, reward)");

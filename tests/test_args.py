@@ -174,6 +174,91 @@ def test_fork_cache_matches_full_recompute():
         torch.testing.assert_close(hc2[:, 0], hr, atol=1e-5, rtol=1e-5)
 
 
+def _spy_bounds(monkeypatch):
+    """Record (max_valid_len, max cache_end, capacity) of every fork_attention call."""
+    from rgk import ops
+    real, seen = ops.fork_attention, []
+
+    def spy(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale=None, **kw):
+        seen.append((kw.get("max_valid_len"), int(cache_end.max()), k_cache.shape[2]))
+        return real(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, **kw)
+    monkeypatch.setattr(ops, "fork_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("loop", ["dynamic", "eager"])
+@pytest.mark.parametrize("source", ["shared-mlp", "model"])
+def test_fork_cache_passes_the_exact_valid_length(monkeypatch, models, loop, source):
+    """Eager forks (the Python loop, and the static step run eagerly) pass the host-known
+    length as max_valid_len — exactly every row's end, no host sync — and get the
+    unbounded result."""
+    ids, mask = prompts()
+    T, N = ids.shape[1], 6
+    kw = dict(reward=sources(models)[source], k=4, w=1.0, max_new_tokens=N, eos_token_id=-1, loop=loop)
+    want = args_generate(models[0], ids, mask, **kw)
+    seen = _spy_bounds(monkeypatch)
+    got = args_generate(models[0], ids, mask, **kw)
+    assert torch.equal(got.sequences, want.sequences)
+    assert seen and all(mvl == end for mvl, end, _ in seen), seen
+    assert all(cap == T + N for *_, cap in seen)
+    assert sorted({mvl for mvl, *_ in seen}) == list(range(T, T + N))
+
+
+def test_fork_cache_valid_len_modes():
+    """valid_len: the length in eager forks; None (the capacity) in static steps unless they
+    run eagerly and say so (host_bound), then length + recorded commits."""
+    lm = tiny_lm(5)
+    dec = lm.get_decoder()
+    cache = ForkCache.for_model(lm, 2, 12, 3)
+    with torch.no_grad():
+        cache.extend(dec, torch.randint(6, V, (2, 4)))
+        assert cache.valid_len() == 4
+        cache.fork(dec, torch.randint(6, V, (2, 3)))
+        assert cache._info.max_valid_len == 4
+        cache.commit(torch.tensor([0, 2]))
+        assert cache.valid_len() == 5
+        with cache.static_steps(dec) as h:
+            assert cache.valid_len() is None
+            cache.fork(dec, torch.randint(6, V, (2, 3)))
+            assert cache._info.max_valid_len is None
+            cache.commit(torch.tensor([1, 1]))
+            h.steps(1)
+            assert cache.valid_len() is None
+        assert cache.length == 6 and cache.valid_len() == 6
+        with cache.static_steps(dec, host_bound=True) as h:
+            assert cache.valid_len() == 6
+            cache.fork(dec, torch.randint(6, V, (2, 3)))
+            cache.commit(torch.tensor([0, 0]))
+            h.steps(1)
+            assert cache.valid_len() == 7 == int(cache.end.max())
+        assert cache.valid_len() == 7
+
+
+def test_fork_cache_commit_shared_and_own_buffers():
+    """Layers with matching K/V are views of one all-layer buffer (one gather + copy per
+    commit); a layer that does not match keeps its own buffers; both commit the winner."""
+    cache = ForkCache(3, 2, 6, 3)
+    g = torch.Generator().manual_seed(0)
+    heads = (2, 1, 2)                          # layer 1 has another kv head count
+    for layer, H in zip(cache.layers, heads):
+        layer.update(torch.randn(2, H, 4, 8, generator=g), torch.randn(2, H, 4, 8, generator=g))
+    cache.length, cache.pos, cache.end = 4, torch.tensor([4]), torch.full((2,), 4, dtype=torch.int32)
+    cache.mode = "fork"
+    slots = [layer.update(torch.randn(2, H, 3, 8, generator=g), torch.randn(2, H, 3, 8, generator=g))
+             for layer, H in zip(cache.layers, heads)]
+    cache.mode = "prefix"
+    assert [layer.shared for layer in cache.layers] == [True, False, True]
+    assert cache.layers[2].keys.data_ptr() > cache.layers[0].keys.data_ptr() == cache._kv.data_ptr()
+    before = [(k.clone(), v.clone()) for k, v in slots]
+    cache.commit_device(torch.tensor([2, 0]))
+    for layer, (k, v) in zip(cache.layers, before):
+        for b, j in enumerate((2, 0)):
+            assert torch.equal(layer.keys[b, :, 4], k[b, :, 6 + j])
+            assert torch.equal(layer.values[b, :, 4], v[b, :, 6 + j])
+        assert torch.equal(layer.keys[:, :, :4], k[:, :, :4]) and torch.equal(layer.keys[:, :, 5:], k[:, :, 5:])
+    assert int(cache.pos) == 5 and cache.end.tolist() == [5, 5]
+
+
 def test_fork_hands_over_prefix_uncopied():
     """In fork mode, what Cache.update returns (and the attention function reads) is the
     cache's own buffer, not a copy."""

@@ -121,15 +121,27 @@ def test_vanilla_sampling_is_seeded_and_follows_softmax():
     assert chi2 < 20.5   # 5 cells, P(chi2_4 > 20.5) < 0.0005 (the rest of the mass is left out)
 
 
-def test_step_compiles_fullgraph_and_matches():
-    """torch.compile(fullgraph=True) of the whole ARGS step: a graph break would raise."""
+def test_step_compiles_fullgraph_and_matches(monkeypatch):
+    """torch.compile(fullgraph=True) of the whole ARGS step: a graph break would raise.  The
+    compiled step's caches run without a host-side valid-length bound (a Python int that
+    changes every step would be baked into the graph); the eager step's use one."""
+    from rgk.args.cache import ForkCache
+    real, asked = ForkCache.static_steps, []
+
+    def spy(self, decoder, **kw):
+        asked.append(kw.get("host_bound", False))
+        return real(self, decoder, **kw)
+    monkeypatch.setattr(ForkCache, "static_steps", spy)
     lm = family_lm("llama")
     ids, mask = prompts(lens=(4, 6))
     kw = dict(reward=RewardModel(family_lm("llama", 1), head()), k=4, w=2.0, max_new_tokens=5, eos_token_id=EOS,
               pad_token_id=PAD)
     a = args_generate(lm, ids, mask, loop="compiled", **kw)
+    assert asked == [False, False]          # the LM's and the reward model's caches
     b = args_generate(lm, ids, mask, loop="dynamic", **kw)
     assert torch.equal(a.sequences, b.sequences)
+    c = args_generate(lm, ids, mask, loop="eager", **kw)
+    assert asked == [False, False, True, True] and torch.equal(c.sequences, b.sequences)
 
 
 def test_loop_argument_errors():

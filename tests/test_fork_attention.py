@@ -161,6 +161,133 @@ def test_rejects_bad_bounds(monkeypatch, dtype):
     call([0, 5, 0], [10, 4, 11])
 
 
+def bounded_inputs(B, Hq, Hkv, K, D, L, dtype, seed, garbage=True):
+    """Inputs whose rows end at different places (one empty, one self-only at the bound),
+    with the bound max(end) + slack, and the cache beyond the bound filled with NaN / +-inf
+    (what a bounded call must never read)."""
+    q, kc, vc, kn, vn, _, _ = make_inputs(B, Hq, Hkv, K, D, L, dtype, "full", seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    end = torch.randint(0, L + 1, (B,), generator=g)
+    start = (torch.rand(B, generator=g) * (end + 1)).long().clamp(max=end)
+    start[0] = end[0]                           # an empty prefix: the self entry only
+    bound = min(L, max(1, int(end.max()) + int(torch.randint(0, 3, (1,), generator=g))))  # 0 would mean L
+    if garbage and bound < L:
+        kc, vc = kc.clone(), vc.clone()
+        kc[:, :, bound:] = math.nan
+        vc[:, :, bound:] = math.inf
+        vc[:, :, bound::2] = -math.inf
+    return (q, kc, vc, kn, vn, start.int().to(DEVICE), end.to(DEVICE)), bound
+
+
+BOUND_CASES = [
+    # B, Hq, Hkv, K, D, L, dtype
+    (3, 6, 2, 5, 24, 37, torch.float32),     # odd sizes, GQA 3
+    (4, 4, 4, 1, 64, 64, torch.float32),     # K = 1
+    (2, 8, 2, 7, 16, 50, torch.float16),
+    (1, 3, 1, 3, 8, 9, torch.float32),       # D < 16
+]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("B,Hq,Hkv,K,D,L,dtype", [c[:7] for c in CASES] + BOUND_CASES +
+                         [(2, 4, 2, 3, 16, 0, torch.float32), (1, 2, 1, 2, 272, 5, torch.float32)])
+def test_fallback_forms_equal_the_reference(seed, B, Hq, Hkv, K, D, L, dtype):
+    """The two forms the reference backend runs (one fused SDPA call eagerly, the explicit
+    softmax under torch.compile) equal `reference.fork_attention` on the bounded span."""
+    args, bound = bounded_inputs(B, Hq, Hkv, K, D, L, dtype, seed + 11, garbage=False) if L else \
+        (make_inputs(B, Hq, Hkv, K, D, L, dtype, "full", seed, device="cpu"), 0)
+    args = [a.cpu() for a in args]
+    want = reference.fork_attention(*args, 0.4)
+    for n in {bound, L}:
+        for form in (reference.fork_attention_tree_sdpa, reference.fork_attention_prefix):
+            out = form(*args, 0.4, n)
+            assert out.dtype == dtype and out.shape == want.shape
+            torch.testing.assert_close(out.float(), want.float(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["default", "triton", "cuda"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("B,Hq,Hkv,K,D,L,dtype", BOUND_CASES,
+                         ids=[f"b{c[0]}-h{c[1]}x{c[2]}-k{c[3]}-d{c[4]}-l{c[5]}-{str(c[6])[6:]}" for c in BOUND_CASES])
+def test_valid_len_bound_changes_nothing(monkeypatch, backend, seed, B, Hq, Hkv, K, D, L, dtype):
+    """max_valid_len = a bound of every row's end gives the unbounded result, and the
+    cache beyond the bound is not read: NaN / inf there do not reach the output."""
+    use_backend(monkeypatch, backend, dtype)
+    args, bound = bounded_inputs(B, Hq, Hkv, K, D, L, dtype, seed)
+    clean, _ = bounded_inputs(B, Hq, Hkv, K, D, L, dtype, seed, garbage=False)
+    want = reference.fork_attention(*[a.cpu() for a in clean], 0.4)
+    for check in (True, False):
+        out = ops.fork_attention(*args, 0.4, max_valid_len=bound, check=check)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out.cpu().float(), want.float(), **TOL[dtype])
+    # None, 0 and L all mean the capacity; the clean inputs give the same result unbounded
+    for mvl in (None, 0, L):
+        out = ops.fork_attention(*clean, 0.4, max_valid_len=mvl)
+        torch.testing.assert_close(out.cpu().float(), want.float(), **TOL[dtype])
+    torch.testing.assert_close(reference.fork_attention(*[a.cpu() for a in args], 0.4, max_valid_len=bound),
+                               want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["default", "triton"])
+def test_rejects_bad_valid_len(monkeypatch, backend):
+    """max_valid_len outside [0, L] or not an int is refused; a bound below some row's end
+    is refused wherever it can be read without a device sync (check=True, or CPU tensors)."""
+    use_backend(monkeypatch, backend)
+    args = make_inputs(3, 4, 2, 3, 16, 10, torch.float32, "full", seed=0, device="cpu")
+    start, end = torch.tensor([0, 2, 1]), torch.tensor([4, 7, 1])
+    call = lambda mvl, **kw: ops.fork_attention(*args[:5], start, end, 0.3, max_valid_len=mvl, **kw)  # noqa: E731
+    for check in (True, False):
+        for mvl in (-1, 11):
+            with pytest.raises(ValueError, match=r"^max_valid_len: .*\[0, 10\]"):
+                call(mvl, check=check)
+        for mvl in (True, 2.5, torch.tensor([7]), "7"):
+            with pytest.raises(TypeError, match="^max_valid_len:"):
+                call(mvl, check=check)
+        with pytest.raises(ValueError, match=r"^max_valid_len: .* 6 < cache_end\[1\] = 7"):
+            call(6, check=check)
+        with pytest.raises(ValueError, match="^max_valid_len:"):
+            reference.fork_attention(*args[:5], start, end, 0.3, max_valid_len=6)
+    full = call(None)
+    for mvl in (7, np.int64(7), torch.tensor(8), 10, 0):
+        torch.testing.assert_close(call(mvl), full, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["default", "triton"])
+def test_unverifiable_valid_len_is_only_a_hint(monkeypatch, backend):
+    """Where the promise cannot be read without a device sync (device tensors with
+    check=False, as simulated here), a bound below some row's end must not cut keys."""
+    use_backend(monkeypatch, backend)
+    monkeypatch.setattr(reference, "verify_valid_len", lambda cache_end, n: False)
+    args = make_inputs(3, 4, 2, 3, 16, 10, torch.float32, "padded", seed=4)
+    want = reference.fork_attention(*[a.cpu() for a in args], 0.3)
+    out = ops.fork_attention(*args, 0.3, max_valid_len=2, check=False)
+    torch.testing.assert_close(out.cpu(), want, **TOL[torch.float32])
+
+
+def test_triton_split_count_follows_the_bound(monkeypatch):
+    """The Triton grid is sized from the bound (power-of-two splits of >= 4 BLOCK_N keys, at
+    most what the GPU wants), and split launches stay exact whatever the bound says."""
+    from rgk.kernels import fork_attention as FA
+
+    assert [FA.split_count(32, span, 16) for span in (0, 63, 64, 127, 128, 300, 1000, 5000)] == \
+        [1, 1, 1, 1, 2, 4, 8, 32]
+    assert FA.split_count(6, 10**6, 64) == 6 and FA.split_count(6, 1024, 64) == 4
+    if INTERPRETED and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs TRITON_INTERPRET=1")
+    real_plan, seen = FA._plan, []
+    monkeypatch.setattr(FA, "_plan", lambda *a: real_plan(*a)[:-1] + (8,))   # as a GPU that wants 8
+    monkeypatch.setattr(FA, "_PLANS", {})
+    real_count = FA.split_count
+    monkeypatch.setattr(FA, "split_count", lambda *a: seen.append(real_count(*a)) or seen[-1])
+    args, bound = bounded_inputs(3, 4, 2, 3, 16, 300, torch.float32, seed=5, garbage=False)
+    want = reference.fork_attention(*[a.cpu() for a in args], 0.3)
+    for mvl in (None, 200, 40):   # 40 may be below some row's end: the grid shrinks, nothing is cut
+        out = FA.fork_attention_triton(*args, 0.3, max_valid_len=mvl)
+        torch.testing.assert_close(out.cpu(), want, **TOL[torch.float32])
+    BLOCK_N = real_plan(3, 4, 2, 3, 16, 300, torch.float32, torch.device("cpu"))[1]
+    assert seen == [real_count(8, n, BLOCK_N) for n in (300, 200, 40)] and seen[0] > seen[-1] == 1
+
+
 @pytest.mark.parametrize("backend", ["default", "triton"])
 def test_edge_shapes(monkeypatch, backend):
     """L = 0 (self entry only), K = 0 and B = 0 (empty outputs, no launch), D > 256 (runs
@@ -190,3 +317,11 @@ def test_gpu_long_prefix(monkeypatch, backend, B, Hq, Hkv, K, D, dtype):
     out = ops.fork_attention(*args, scale=1.0 / math.sqrt(D))
     want = reference.fork_attention(*args, 1.0 / math.sqrt(D))
     torch.testing.assert_close(out.float(), want.float(), **TOL[dtype])
+    # a short prompt in the long cache: the bound sizes the split count, the result is the same
+    start, end = args[5].clone(), args[6].clone()
+    end.copy_(torch.minimum(start + 100, end))
+    short = (*args[:5], start, end)
+    want = reference.fork_attention(*short, 1.0 / math.sqrt(D))
+    for mvl, check in ((int(end.max()), True), (int(end.max()), False), (7, False)):  # 7: an unchecked bad bound
+        out = ops.fork_attention(*short, scale=1.0 / math.sqrt(D), max_valid_len=mvl, check=check)
+        torch.testing.assert_close(out.float(), want.float(), **TOL[dtype])

@@ -172,9 +172,11 @@ def test_topk_logprobs_property(B, V, kfrac, dtype, pattern, seed, bad, kform):
        bounds=st.sampled_from(["full", "padded", "empty", "random"]),
        idtype=st.sampled_from([torch.int32, torch.int64]),
        scale=st.sampled_from([None, 0.3, "numpy"]), seed=st.integers(0, 2**31 - 1),
-       bad=st.sampled_from([None] * 6 + ["start_gt_end", "end_gt_L", "start_neg", "float_bounds", "kc_dtype",
-                                         "kn_shape", "scale_nan", "scale_bool"]))
-def test_fork_attention_property(B, Hkv, group, K, D, L, dtype, bounds, idtype, scale, seed, bad):
+       valid=st.sampled_from([None, None, "exact", "slack", "zero", "capacity", "numpy"]),
+       bad=st.sampled_from([None] * 7 + ["start_gt_end", "end_gt_L", "start_neg", "float_bounds", "kc_dtype",
+                                         "kn_shape", "scale_nan", "scale_bool", "valid_below_end", "valid_neg",
+                                         "valid_gt_L"]))
+def test_fork_attention_property(B, Hkv, group, K, D, L, dtype, bounds, idtype, scale, seed, valid, bad):
     g = gen(seed)
     Hq = Hkv * group
 
@@ -215,6 +217,16 @@ def test_fork_attention_property(B, Hkv, group, K, D, L, dtype, bounds, idtype, 
         sc, name = math.nan, "scale"
     elif bad == "scale_bool":
         sc, name = True, "scale"
+    # max_valid_len: a bound of every row's end (the exact one, with slack, 0 / L = none)
+    top = int(end.max()) if B else 0
+    mvl = {None: None, "exact": top, "slack": min(L, top + 2), "zero": 0, "capacity": L,
+           "numpy": np.int64(min(L, top + 1))}[valid]
+    if bad == "valid_below_end" and top >= 2 and name is None:
+        mvl, name = top - 1, "max_valid_len"
+    elif bad == "valid_neg":
+        mvl, name = -1, "max_valid_len"
+    elif bad == "valid_gt_L":
+        mvl, name = L + 1, "max_valid_len"
     args = [t.to(DEVICE) for t in (q, kc, vc, kn, vn, start, end)]
     if name is None:
         want = reference.fork_attention(q, kc, vc, kn, vn, start, end, None if sc is None else float(sc))
@@ -224,7 +236,7 @@ def test_fork_attention_property(B, Hkv, group, K, D, L, dtype, bounds, idtype, 
         if backend == "triton" and dtype == torch.bfloat16 and INTERPRETED:
             continue
         with Backend(backend):
-            call = lambda: ops.fork_attention(*args, scale=sc)  # noqa: E731
+            call = lambda: ops.fork_attention(*args, scale=sc, max_valid_len=mvl)  # noqa: E731
             if name is not None:
                 raises_named(name, call)
                 continue

@@ -80,8 +80,9 @@ KERNELS = {  # module under rgk.kernels -> kernel
     "reward_select": "_reward_select_kernel",
     "argre_refine": "_argre_refine_kernel",
 }
-# fork_attention's split on CUDA, in its launch plan `_plan` (mirrored in _fork_split below)
-FORK_SPLIT_SRC = "split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))"
+# fork_attention's most splits on CUDA, in its launch plan `_plan` (mirrored in _fork_split below;
+# the split itself is `split_count(want, span, BLOCK_N)`, span = the valid-length bound or L)
+FORK_SPLIT_SRC = "want = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), 32))"
 H100_MAX_SHARED = 232448  # bytes of shared memory per block (opt-in), as Triton's driver reports it
 H100_MAX_REGS = 65536  # 32-bit registers per block
 SPILL_LIMIT = 256  # bytes per thread (ptxas -v "spill stores"); 8 at most in Triton 3.9
@@ -201,10 +202,14 @@ def _unavailable() -> str | None:
 
 
 def _fork_split(B, Hq, Hkv, K, L, BLOCK_M, BLOCK_N, sms=H100_SMS):
-    """fork_attention_triton's split for CUDA tensors (FORK_SPLIT_SRC)."""
+    """fork_attention_triton's split for CUDA tensors without a valid-length bound
+    (FORK_SPLIT_SRC, then the module's split_count over the capacity L: the largest split a
+    bounded call of that shape can take)."""
     import triton
+
+    from rgk.kernels.fork_attention import split_count
     tiles = B * Hkv * triton.cdiv((Hq // Hkv) * K, BLOCK_M)
-    return max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))
+    return split_count(max(1, min(triton.cdiv(2 * sms, tiles), 32)), L, BLOCK_N)
 
 
 def _record() -> dict:

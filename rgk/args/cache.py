@@ -1,8 +1,11 @@
 """A KV cache that forks k candidate tokens off a shared prefix without copying it.
 
-`ForkCache` is a `transformers.Cache` holding, per layer, one buffer of shape
+`ForkCache` is a `transformers.Cache` holding, per layer, keys and values of shape
 [B, Hkv, max_len + k, D]: the prefix lives in [0, max_len) (row b valid on
 [start[b], length)), the k candidates' own entries in the slot area [max_len, max_len + k).
+Layers whose K/V agree in shape, dtype and device (all of them in the supported families)
+are views into one buffer [B, 2 * layers * Hkv, max_len + k, D], so that a commit is one
+gather and one copy for the whole model instead of a few small ops per layer.
 
 - prefix mode (`extend`): a normal forward (any attention implementation, e.g. sdpa)
   appends tokens to the prefix; `update` returns a view of the valid prefix, uncopied.
@@ -11,7 +14,7 @@
   attention function "rgk_fork" runs `rgk.ops.fork_attention`: each candidate attends to
   its row's prefix (read once) plus its own slot, not to the other candidates.
 - `commit(winner)` appends the chosen candidate's slot to the prefix: one
-  [B, Hkv, 1, D] copy per layer, on device, no host sync.
+  [B, 2 * layers * Hkv, 1, D] gather and copy, on device, no host sync.
 
 Static state.  Besides the host-side `length` (advanced deterministically, never read back
 from the device), the cache keeps its positions as device tensors updated in place —
@@ -21,6 +24,15 @@ a commit have fixed shapes and read no Python number: the step of rgk's decode l
 `torch.compile(fullgraph=True)` or captured in a CUDA graph.  In the fork pass the model's
 mask is a 1-element 4-D placeholder (HF returns a 4-D mask as is; `rgk_fork` masks by
 start/end itself), so no mask is built per step.
+
+Valid-length bound.  Every row's prefix ends at `length` (rows differ only in their left
+padding), so eager forks pass that Python int to the fork attention as `max_valid_len`
+(the reference then reads only the filled part of the cache, the kernels size their
+split of it): no host sync, the number is already on the host.  Static steps pass no
+bound (the capacity), because a compiled or captured step must not bake in a number that
+changes every step — unless the static loop runs them eagerly and says so
+(`static_steps(..., host_bound=True)`), in which case `length` plus the commits the loop
+has recorded is the same exact bound.
 """
 from __future__ import annotations
 
@@ -51,6 +63,7 @@ class ForkInfo:
     max_len: int
     start: torch.Tensor   # int32 [B]
     end: torch.Tensor     # int32 [B]
+    max_valid_len: int | None = None   # host-side bound of every end[b]; None: max_len
 
 
 def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -64,19 +77,14 @@ def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, 
         raise RuntimeError("attention 'rgk_fork' needs the `rgk_fork=ForkInfo(...)` forward kwarg; "
                            "run candidate passes through ForkCache.fork(...)")
     m, k = rgk_fork.max_len, query.shape[2]
-    # start/end were validated once per step by ForkCache.fork: no per-layer host checks
+    # start <= end <= max_len hold by construction (ForkCache): no per-layer value checks
     out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
-                             rgk_fork.start, rgk_fork.end, scaling, **_NO_CHECK)
+                             rgk_fork.start, rgk_fork.end, scaling, max_valid_len=rgk_fork.max_valid_len,
+                             check=False)
     return out.transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTN_NAME, rgk_fork_attention)
-
-try:  # `check=False`: the op's per-call value checks are done once per step by ForkCache.fork
-    import inspect as _inspect
-    _NO_CHECK = {"check": False} if "check" in _inspect.signature(ops.fork_attention).parameters else {}
-except (TypeError, ValueError):
-    _NO_CHECK = {}
 
 
 class _ForkLayer(CacheLayerMixin):
@@ -84,19 +92,26 @@ class _ForkLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, owner: "ForkCache"):
+    def __init__(self, owner: "ForkCache", index: int):
         super().__init__()
-        self.owner = owner
+        self.owner, self.index = owner, index
         self.writes = 0   # forwards that reached this layer (checked: a cache the model ignored stays 0)
+        self.shared = False   # keys/values are views of the owner's all-layer buffer
 
     def lazy_initialization(self, key_states, value_states):
         o = self.owner
         B, H, _, D = key_states.shape
         if B != o.n_rows:
             raise ValueError(f"input batch size {B} does not match the cache's batch_size {o.n_rows}")
-        shape = (B, H, o.max_len + o.k, D)
-        self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
-        self.values = torch.zeros(shape, dtype=value_states.dtype, device=value_states.device)
+        buf = o._shared_buffer(key_states, value_states)
+        if buf is not None:
+            i = 2 * self.index * H
+            self.keys, self.values = buf[:, i:i + H], buf[:, i + H:i + 2 * H]
+            self.shared = True
+        else:
+            shape = (B, H, o.max_len + o.k, D)
+            self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
+            self.values = torch.zeros(shape, dtype=value_states.dtype, device=value_states.device)
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -137,8 +152,8 @@ class _ForkLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.max_len
 
-    def commit(self, rows: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor) -> None:
-        src = self.owner.max_len + slots
+    def commit(self, rows: torch.Tensor, src: torch.Tensor, pos: torch.Tensor) -> None:
+        """Copy slot src[b] of row b to position pos (a layer with its own buffers)."""
         self.keys.index_copy_(2, pos, self.keys[rows, :, src].unsqueeze(2))
         self.values.index_copy_(2, pos, self.values[rows, :, src].unsqueeze(2))
 
@@ -157,12 +172,29 @@ class ForkCache(Cache):
         self.length = 0
         self.mode = "prefix"
         self.static = False      # set by the decode loop: no Python-side checks in fork/commit
+        self._steps = None       # the handle of the running `static_steps`, if any
         self.start: torch.Tensor | None = None     # int32 [B] first real position of each row
         self.end: torch.Tensor | None = None       # int32 [B] current length (same for every row)
         self.pos: torch.Tensor | None = None       # int64 [1] current length
         self._mask_full: torch.Tensor | None = None  # int64 [B, max_len]
         self._info: ForkInfo | None = None
-        super().__init__(layers=[_ForkLayer(self) for _ in range(num_layers)])
+        self._rows: torch.Tensor | None = None       # int64 [B] 0..B-1
+        self._kv: torch.Tensor | None = None         # [B, 2 * layers * Hkv, max_len + k, D] (see the docstring)
+        self._kv_spec = None                         # (Hkv, D, dtype, device) of _kv
+        super().__init__(layers=[_ForkLayer(self, i) for i in range(num_layers)])
+
+    def _shared_buffer(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor | None:
+        """The all-layer K/V buffer (allocated at the first layer's first update) if this
+        layer's K/V fit it, else None (the layer keeps its own buffers)."""
+        B, H, _, D = key_states.shape
+        spec = (H, D, key_states.dtype, key_states.device)
+        if (value_states.shape[1], value_states.shape[3], value_states.dtype, value_states.device) != spec:
+            return None
+        if self._kv is None:
+            self._kv = torch.zeros(B, 2 * len(self.layers) * H, self.max_len + self.k, D, dtype=key_states.dtype,
+                                   device=key_states.device)
+            self._kv_spec = spec
+        return self._kv if spec == self._kv_spec else None
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int, k: int) -> "ForkCache":
@@ -192,6 +224,7 @@ class ForkCache(Cache):
             self.start = (n - attention_mask.long().sum(-1)).to(torch.int32).to(dev)
             self.end = torch.zeros(B, dtype=torch.int32, device=dev)
             self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+            self._rows = torch.arange(B, device=dev)
             self._mask_full = torch.ones(B, self.max_len, dtype=torch.long, device=dev)
             self._info = ForkInfo(self.max_len, self.start, self.end)
         self._mask_full[:, L:L + n] = attention_mask.long()
@@ -225,6 +258,7 @@ class ForkCache(Cache):
             if self.length >= self.max_len + 1:
                 raise RuntimeError("ForkCache.fork: the cache is full")
         # start <= end <= max_len by construction: the op's value checks are not needed
+        self._info.max_valid_len = self.valid_len()
         pos = (self.end - self.start).long()[:, None].expand_as(candidates)
         # a 4-D mask is returned by HF's mask builders as is; rgk_fork masks by start/end itself
         placeholder = self.end.new_zeros((1, 1, 1, 1), dtype=torch.bool)
@@ -258,10 +292,26 @@ class ForkCache(Cache):
         self.commit_device(winner)
         self.length += 1
 
+    def valid_len(self) -> int | None:
+        """The fork attention's `max_valid_len` for the next fork: the host-side length (every
+        row's end) in eager forks and in eagerly run static steps (`host_bound=True`: length +
+        the commits recorded so far); None (the capacity) in static steps otherwise, and
+        whenever torch.compile is tracing."""
+        if not self.static:
+            return self.length
+        h = self._steps
+        if h is None or not h.host_bound or torch.compiler.is_compiling():
+            return None
+        return self.length + h.committed
+
     @contextlib.contextmanager
-    def static_steps(self, decoder):
+    def static_steps(self, decoder, *, host_bound: bool = False):
         """Run fork/commit as static-shape device code (no checks, no host state, the fork
-        attention switched on once); `steps(n)` on the yielded handle records n commits."""
+        attention switched on once); `steps(n)` on the yielded handle records n commits.
+
+        host_bound: the steps run eagerly (not compiled, not captured) and the caller records
+        every commit with `steps` before the next fork; the forks then pass the exact
+        Python-int valid length to the fork attention (see `valid_len`)."""
         owner = self
 
         class _Steps:
@@ -270,23 +320,29 @@ class ForkCache(Cache):
             def steps(self, n: int) -> None:
                 self.committed += n
         h = _Steps()
+        h.host_bound = bool(host_bound)
         old = decoder.config._attn_implementation
         self._static_kw = hf.cache_kwarg(decoder)
         self.static = True
+        self._steps = h
         decoder.config._attn_implementation = ATTN_NAME
         try:
             yield h
         finally:
             decoder.config._attn_implementation = old
             self.static = False
+            self._steps = None
             owner.length += h.committed
 
     def commit_device(self, winner: torch.Tensor) -> None:
         """The device half of `commit`: copies and position updates, no host state."""
-        rows = torch.arange(self.n_rows, device=winner.device)
+        rows = self._rows if self._rows is not None else torch.arange(self.n_rows, device=winner.device)
+        src = winner + self.max_len
+        if self._kv is not None:   # every layer on the shared buffer at once
+            self._kv.index_copy_(2, self.pos, self._kv[rows, :, src].unsqueeze(2))
         for layer in self.layers:
-            if layer.is_initialized:
-                layer.commit(rows, winner, self.pos)
+            if layer.is_initialized and not layer.shared:
+                layer.commit(rows, src, self.pos)
         self.end += 1
         self.pos += 1
 

@@ -117,13 +117,15 @@ class StaticDecoder:
             sc = lp
             idx = self.zero
         else:
-            logp, ids = ops.topk_logprobs(logits, self.k)
+            # check=False: the step builds every operand itself (and the uniform draw's range
+            # check would be a host sync per step on CUDA)
+            logp, ids = ops.topk_logprobs(logits, self.k, check=False)
             if self.shared:
                 hid = self.lm.cache.fork(self.lm.dec, ids)
             else:
                 hid = self.rm_cache.fork(self.rm.decoder, ids)
             tok, idx, score, rew = ops.reward_select(hid, logp, ids, *self.params, reward_weight=self.w,
-                                                     temperature=self.temperature, uniform=u)
+                                                     temperature=self.temperature, uniform=u, check=False)
             take = idx[:, None]
             lp, r, sc = logp.gather(1, take)[:, 0], rew.gather(1, take)[:, 0], score.gather(1, take)[:, 0]
         tok = torch.where(done, torch.full_like(tok, self.pad), tok)
@@ -145,12 +147,14 @@ class StaticDecoder:
         return nxt, tok, lp, r, sc, new_done
 
     @contextlib.contextmanager
-    def static(self):
-        """Switch the caches to static steps for the duration of the loop."""
+    def static(self, host_bound: bool = False):
+        """Switch the caches to static steps for the duration of the loop.  host_bound: the
+        steps run eagerly, so their forks may pass the host-known valid length to the fork
+        attention (`ForkCache.static_steps`); never for a compiled or captured step."""
         with contextlib.ExitStack() as stack:
-            hs = [stack.enter_context(self.lm.cache.static_steps(self.lm.dec))]
+            hs = [stack.enter_context(self.lm.cache.static_steps(self.lm.dec, host_bound=host_bound))]
             if self.rm is not None:
-                hs.append(stack.enter_context(self.rm_cache.static_steps(self.rm.decoder)))
+                hs.append(stack.enter_context(self.rm_cache.static_steps(self.rm.decoder, host_bound=host_bound)))
             yield hs
 
 
@@ -213,7 +217,7 @@ def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tok
                         pad=pad)
     logits, done = dec.logits, dec.done
     toks, lps, rs, scs, dones = [], [], [], [], []
-    with dec.static() as handles:
+    with dec.static(host_bound=loop == "eager") as handles:
         if loop == "compiled":
             fn = torch.compile(dec.step, fullgraph=True, dynamic=False)
         elif loop == "graph":

@@ -2,7 +2,7 @@
 kernel or the PyTorch reference (`rgk.ops._backend`); `rgk.ops.reference` is the oracle.
 
 - `topk_logprobs(logits, k)`: log-softmax + top-k in one pass.
-- `fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale)`:
+- `fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, max_valid_len=)`:
   K candidates per row attend to a shared prefix (read once) plus their own KV entry.
 - `reward_select(hidden, logp, ids, w1, b1, w2, b2, reward_weight=, temperature=, uniform=)`:
   reward head + ARGS score + greedy/sampled choice.
@@ -46,17 +46,23 @@ Errors are ValueError/TypeError whose message starts with the argument's name an
 bool is refused where an int is expected; numpy scalars and 0-d tensors are numbers.
 reward_select/select_from_rewards ids must be int64; fork_attention cache_start/cache_end
 int32 or int64.  `check=True` (default) also checks values that live on the device, which
-costs a host sync: 0 <= cache_start[b] <= cache_end[b] <= L for fork_attention, uniform in
-[0, 1) for the choice ops.  Those value checks are skipped during CUDA-graph capture.
-`check=False` is for hot loops that already know their inputs are valid (rgk's ForkCache
-calls fork_attention for every layer of every step): it skips the tensor checks too and
-keeps only what is free (Python scalars, K >= 1).
+costs a host sync: 0 <= cache_start[b] <= cache_end[b] <= L (and cache_end[b] <=
+max_valid_len) for fork_attention, uniform in [0, 1) for the choice ops.  Those value checks
+are skipped during CUDA-graph capture.  `check=False` is for hot loops that already know
+their inputs are valid (rgk's ForkCache calls fork_attention for every layer of every step):
+it skips the tensor checks too and keeps only what is free (Python scalars, K >= 1, and
+fork_attention's max_valid_len promise on CPU tensors, see there).
 
 Backends and routing
 --------------------
 CUDA extension -> Triton -> reference (`rgk.ops._backend.route`); a shape a fused kernel
 does not take falls back along that chain instead of failing (k > 64, K > 64, D > 256,
-or what `rgk.ops._limits.cuda_supports` refuses).  argre_refine's Triton kernel keeps one
+or what `rgk.ops._limits.cuda_supports` refuses).  fork_attention's reference backend runs
+`reference.fork_attention_tree_sdpa` (one fused scaled_dot_product_attention call over
+[prefix ; own entries] with the tree mask, 1.1-1.5x faster than the explicit softmax on CPU
+at decode sizes) and, under torch.compile, `reference.fork_attention_prefix` (the explicit
+softmax, which inductor fuses into fewer kernels, ~1.3x faster than the SDPA call there);
+both are checked against `reference.fork_attention`.  argre_refine's Triton kernel keeps one
 program per row and sweeps W1 2 n_steps + 1 times per row from L2, where the CUDA kernel
 splits W1 over a persistent grid.  So on CUDA tensors without the extension, a large head,
 (2 n_steps + 1) * m * d > ARGRE_TRITON_MAX_READS (2^23 weights, ~0.2 ms of one SM's L2
@@ -254,8 +260,9 @@ def _check_fork(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end) -> No
                        cache_start=cache_start, cache_end=cache_end)
 
 
-def _check_bounds(cache_start: torch.Tensor, cache_end: torch.Tensor, L: int) -> None:
-    """0 <= cache_start[b] <= cache_end[b] <= L, read on the host (one sync)."""
+def _check_bounds(cache_start: torch.Tensor, cache_end: torch.Tensor, L: int, n: int) -> None:
+    """0 <= cache_start[b] <= cache_end[b] <= L and cache_end[b] <= n (the max_valid_len
+    bound, n = L without one), read on the host (one sync)."""
     s, e = torch.stack((cache_start.long(), cache_end.long())).cpu()
     bad_s, bad_e = (s < 0) | (s > e), e > L
     if bool(bad_s.any() | bad_e.any()):
@@ -267,36 +274,64 @@ def _check_bounds(cache_start: torch.Tensor, cache_end: torch.Tensor, L: int) ->
         if sb > eb:
             raise ValueError(f"cache_start: expected {rule}, got cache_start[{b}] = {sb} > cache_end[{b}] = {eb}")
         raise ValueError(f"cache_end: expected {rule}, got cache_end[{b}] = {eb}")
+    if n < L and bool((e > n).any()):
+        b = int((e > n).nonzero()[0, 0])
+        raise ValueError(f"max_valid_len: expected a bound >= every cache_end[b], got max_valid_len = {n} < "
+                         f"cache_end[{b}] = {int(e[b])}")
 
 
-def fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale=None, *, check: bool = True):
+def fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale=None, *,
+                   max_valid_len: int | None = None, check: bool = True):
     """Candidates-vs-shared-prefix attention; see `reference.fork_attention` for the math.
 
     q [B, Hq, K, D], k_cache/v_cache [B, Hkv, L, D], k_new/v_new [B, Hkv, K, D],
     cache_start/cache_end int32/int64 [B] (row b's prefix is [start, end)).  Strided views
     are fine (the last dim must be contiguous).  Returns [B, Hq, K, D] in q's dtype.
-    check=False is the per-layer fast path: no validation at all (the caller vouches for
-    shapes, dtypes, devices and 0 <= start <= end <= L).
+
+    max_valid_len: a host-side upper bound of every row's end, cache_end[b] <= max_valid_len
+    (an int in [0, L]; None or 0 means the capacity L).  It is the caller's promise, given
+    without reading the device (a decode loop knows prompt length + steps as Python
+    numbers), and it only saves work: the reference reads the first max_valid_len cache
+    positions instead of L, the Triton and CUDA kernels size their split of the prefix from
+    it.  A bound below some row's end is never silently wrong: it is checked wherever that
+    costs no device sync — check=True (the host read below), and on CPU tensors outside
+    torch.compile tracing even with check=False (ValueError naming max_valid_len) — and
+    where it is not checked (device tensors with check=False, CUDA-graph capture, compile
+    tracing) it is used only to size work, never to cut keys: every backend still reads each
+    row's whole [start, end).  Values outside [0, L] are refused.  Inside a CUDA graph or a
+    compiled graph pass None or L: a Python int that changes each step would be baked in.
+
+    check=False is the per-layer fast path: no validation of the tensors (the caller vouches
+    for shapes, dtypes, devices and 0 <= start <= end <= L).
     """
     if check:
         _check_fork(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end)
     B, Hq, K, D = q.shape
     L = k_cache.shape[2]
+    n = reference.valid_len("max_valid_len", max_valid_len, L)
+    verified = n == L
     if check:
         if not _capturing(cache_start):
-            _check_bounds(cache_start, cache_end, L)
+            _check_bounds(cache_start, cache_end, L, n)
+            verified = True
         scale = 1.0 / math.sqrt(D) if scale is None else _as_float("scale", scale)
     else:
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not verified:
+        verified = reference.verify_valid_len(cache_end, n)
     backend = route("fork_attention", q.device.type, B=B, Hq=Hq, Hkv=k_cache.shape[1], K=K, D=D, L=L,
                     dtype=q.dtype)
-    if backend == "cuda":
+    if backend == "cuda":  # the kernels take the bound as a work-sizing hint only
         return torch.ops.rgk.fork_attention(q, k_cache, v_cache, k_new, v_new,
-                                             cache_start.int(), cache_end.int(), scale)
+                                             cache_start.int(), cache_end.int(), scale, n)
     if backend == "triton":
         from rgk.kernels.fork_attention import fork_attention_triton
-        return fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale)
-    return reference.fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale)
+        return fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale,
+                                     max_valid_len=n)
+    # the reference backend: one fused SDPA call eagerly; under torch.compile the explicit
+    # softmax, which inductor fuses better (module docstring)
+    ref = reference.fork_attention_prefix if torch.compiler.is_compiling() else reference.fork_attention_tree_sdpa
+    return ref(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n if verified else L)
 
 
 def reward_head(hidden: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,

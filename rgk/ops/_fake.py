@@ -14,7 +14,7 @@ def _topk_logprobs(logits, k):
 
 
 @torch.library.register_fake("rgk::fork_attention")
-def _fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale):
+def _fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, max_valid_len=0):
     return q.new_empty(q.shape)
 
 

@@ -9,8 +9,10 @@ O(V) per row (no full sort): it runs on the hot decode path of CPU generation.
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
+import torch.nn.functional as F
 
 
 FLT_MAX = 3.4028234663852886e38  # the largest finite fp32
@@ -60,6 +62,8 @@ def fork_attention(
     cache_start: torch.Tensor,
     cache_end: torch.Tensor,
     scale: float | None = None,
+    *,
+    max_valid_len: int | None = None,
 ) -> torch.Tensor:
     """Attention of K candidate tokens to a shared prefix plus their own KV entry.
 
@@ -69,17 +73,69 @@ def fork_attention(
     k_new:    [B, Hkv, K, D]  each candidate's own key/value (candidate j sees only slot j)
     v_new:    [B, Hkv, K, D]
     cache_start, cache_end: int [B]
+    max_valid_len: None (or 0) or an int in [1, L] that is >= every cache_end[b] (the
+      caller's promise, see `rgk.ops.fork_attention`); only the first max_valid_len cache
+      positions are then read.  The promise is checked where that costs no device sync (CPU
+      tensors, outside torch.compile tracing: a ValueError naming max_valid_len); elsewhere
+      the bound is not used, so it can never cut a valid key.
     Hq must be a multiple of Hkv (GQA); query head h reads kv head h // (Hq // Hkv).
     Returns [B, Hq, K, D] in q's dtype; softmax in fp32.
     """
+    L = k_cache.shape[2]
+    n = valid_len("max_valid_len", max_valid_len, L)
+    if n < L and not verify_valid_len(cache_end, n):
+        n = L
+    return fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n)
+
+
+def valid_len(name: str, v, L: int) -> int:
+    """The attended span of a `max_valid_len` argument: L for None or 0, else v in [1, L]."""
+    if v is None:
+        return L
+    if type(v) is not int:  # noqa: E721 - the hot path passes plain ints; the rest is checked
+        bad = isinstance(v, bool) or (isinstance(v, torch.Tensor) and (v.dim() != 0 or v.dtype == torch.bool))
+        try:
+            if bad:
+                raise TypeError
+            v = operator.index(v)
+        except TypeError:
+            what = f"a {v.dtype} tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else \
+                f"{type(v).__name__} {v!r}"
+            raise TypeError(f"{name}: expected an int or None, got {what}") from None
+    if v < 0 or v > L:
+        raise ValueError(f"{name}: expected None or an int in [0, {L}] (0: the cache capacity L = {L}), got {v}")
+    return L if v == 0 else v
+
+
+def verify_valid_len(cache_end: torch.Tensor, n: int) -> bool:
+    """Check cache_end[b] <= n on the host when that needs no device sync (CPU tensors, not
+    while torch.compile traces); True when checked, False when it could not be.  A row
+    past the bound is a ValueError naming max_valid_len."""
+    if cache_end.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    if cache_end.numel() == 0:
+        return True
+    e = int(cache_end.max())
+    if e > n:
+        b = int((cache_end > n).nonzero()[0, 0])
+        raise ValueError(f"max_valid_len: expected a bound >= every cache_end[b], got max_valid_len = {n} < "
+                         f"cache_end[{b}] = {int(cache_end[b])}")
+    return True
+
+
+def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n: int):
+    """`fork_attention` reading only the cache positions [0, n) (n <= L, cache_end <= n
+    already known): the masked softmax over [prefix ; own entry], in fp32."""
     B, Hq, K, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     g = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     qf = q.float().reshape(B, Hkv, g * K, D)
+    if n < L:
+        k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
     kc, vc = k_cache.float(), v_cache.float()
-    s_pre = torch.einsum("bhqd,bhld->bhql", qf, kc) * scale  # [B, Hkv, gK, L]
-    pos = torch.arange(L, device=q.device)
+    s_pre = torch.einsum("bhqd,bhld->bhql", qf, kc) * scale  # [B, Hkv, gK, n]
+    pos = torch.arange(n, device=q.device)
     valid = (pos[None, :] >= cache_start[:, None].long()) & (pos[None, :] < cache_end[:, None].long())
     s_pre = s_pre.masked_fill(~valid[:, None, None, :], -math.inf)
     qn = qf.reshape(B, Hkv, g, K, D)
@@ -87,9 +143,33 @@ def fork_attention(
     s_self = s_self.reshape(B, Hkv, g * K, 1)
     s = torch.cat([s_pre, s_self], dim=-1)
     p = torch.softmax(s, dim=-1)
-    out = torch.einsum("bhql,bhld->bhqd", p[..., :L], vc)
-    out = out.reshape(B, Hkv, g, K, D) + p[..., L].reshape(B, Hkv, g, K, 1) * v_new.float()[:, :, None]
+    out = torch.einsum("bhql,bhld->bhqd", p[..., :n], vc)
+    out = out.reshape(B, Hkv, g, K, D) + p[..., n].reshape(B, Hkv, g, K, 1) * v_new.float()[:, :, None]
     return out.reshape(B, Hq, K, D).to(q.dtype)
+
+
+def fork_attention_tree_sdpa(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n: int):
+    """The CPU fallback of `rgk.ops.fork_attention`: the math of `fork_attention` (cache
+    positions [0, n) only, as in `fork_attention_prefix`) as one fused
+    scaled_dot_product_attention call over [prefix ; the K own entries] with the tree mask
+    (candidate j sees the valid prefix and slot j), GQA by enable_gqa, instead of the dozen
+    small ops of the explicit softmax; it costs a copy of the n prefix positions next to
+    the K new ones.  All in fp32 (half inputs are upcast, as in the explicit form); returns
+    [B, Hq, K, D] in q's dtype."""
+    B, Hq, K, D = q.shape
+    L = k_cache.shape[2]
+    if n < L:
+        k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
+    keys = torch.cat([k_cache.float(), k_new.float()], dim=2)
+    vals = torch.cat([v_cache.float(), v_new.float()], dim=2)
+    pos = torch.arange(n, device=q.device)
+    pre = (pos >= cache_start[:, None]) & (pos < cache_end[:, None])                    # [B, n]
+    own = torch.eye(K, dtype=torch.bool, device=q.device)
+    mask = torch.cat([pre[:, None, :].expand(B, K, n), own.expand(B, K, K)], dim=-1)    # [B, K, n + K]
+    out = F.scaled_dot_product_attention(q.float(), keys, vals, attn_mask=mask[:, None],
+                                         scale=1.0 / math.sqrt(D) if scale is None else scale,
+                                         enable_gqa=Hq != k_cache.shape[1])
+    return out.to(q.dtype)
 
 
 def reward_head(hidden: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,

@@ -24,9 +24,16 @@ self entry and writes the output, so it stays one launch (CUDA-graph capturable)
 counters follow the rule of `rgk.kernels._workspace` (per family, device and stream; the
 last program resets them; SPLIT = 1 when a capture would need a new buffer).  fp32
 inputs use input_precision="tf32x3" (three tf32 tensor-core products, ~1e-6 relative
-error, where "ieee" would run as register-hungry FMA loops).  Launch plans (tiles,
-SPLIT) are cached per (device, B, Hq, Hkv, K, D, L, dtype): the per-layer decode loop
-calls this with the same shapes every layer.
+error, where "ieee" would run as register-hungry FMA loops).  Launch plans (tiles, the
+most splits the GPU wants) are cached per (device, B, Hq, Hkv, K, D, L, dtype): the
+per-layer decode loop calls this with the same shapes every layer.
+
+SPLIT is sized from the longest prefix the launch can meet: the caller's host-side bound
+`max_valid_len` of every row's end when given, else the capacity L (so a short prompt in
+a long cache does not launch programs that find no key), rounded down to a power of two
+so that a bound growing every decode step compiles at most a handful of SPLIT variants.
+The bound only sizes the grid: each program's range is cut from its row's own
+[start, end), so a bound below some row's end costs parallelism, never a key.
 """
 from __future__ import annotations
 
@@ -176,17 +183,25 @@ def _plan(B, Hq, Hkv, K, D, L, dtype, device) -> tuple:
     num_warps = wide_warps if BLOCK_M * BLOCK_D >= 4096 else 4
     n_mblk = triton.cdiv(G * K, BLOCK_M)
     tiles = B * Hkv * n_mblk
-    split = 1
+    want = 1
     if device.type == "cuda":
-        sms = _sm_count(device)
-        split = max(1, min(triton.cdiv(2 * sms, tiles), triton.cdiv(L, 4 * BLOCK_N), 32))
-    return BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, split
+        want = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), 32))  # ~2 waves of programs
+    return BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, want
+
+
+def split_count(want: int, span: int, block_n: int) -> int:
+    """Programs per query block along the prefix: at most `want` (the GPU's), at least
+    4 * block_n keys of the longest prefix `span` each, a power of two (see the module
+    docstring); 1 for an empty span."""
+    by_len = max(1, span // (4 * block_n))
+    return max(1, min(want, 1 << (by_len.bit_length() - 1)))
 
 
 def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, *,
-                          split: int | None = None):
-    """[B, Hq, K, D] output in q's dtype; `split` forces the number of programs per query
-    block along the prefix, otherwise chosen from the GPU's size and L."""
+                          split: int | None = None, max_valid_len: int | None = None):
+    """[B, Hq, K, D] output in q's dtype.  `split` forces the number of programs per query
+    block along the prefix, otherwise chosen from the GPU's size and the longest prefix:
+    `max_valid_len` (a host-side bound of every cache_end[b], None or 0: L), else L."""
     B, Hq, K, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     dev = q.device
@@ -200,9 +215,10 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
         if len(_PLANS) > 4096:  # e.g. a cache whose length grows every step
             _PLANS.clear()
         plan = _PLANS[key] = _plan(B, Hq, Hkv, K, D, L, q.dtype, dev)
-    BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, auto_split = plan
+    BLOCK_M, BLOCK_N, BLOCK_D, num_warps, n_mblk, tiles, want = plan
     if split is None:
-        split = auto_split
+        span = L if not max_valid_len else min(int(max_valid_len), L)
+        split = split_count(want, span, BLOCK_N)
     tickets = _workspace.tickets("fork_attention", dev, tiles, 4096) if split > 1 else None
     if tickets is None:
         split = 1
