@@ -1,4 +1,4 @@
-"""`rgk` command line: demo, generate, train-reward-head, argre ...
+"""`rgk` command line: demo, generate, train-reward-head, argre, eval ...
 
 Every error is one line on stderr, `rgk: error: <message>`, and exit status 2 (argument
 errors from argparse too); an interrupt exits with 130.  RGK_DEBUG=1 re-raises errors
@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     from rgk.argre import cli as argre_cli
     argre_cli.add_parsers(sub)           # argre train | eval | generate
     __import__("rgk.repulse.cli", fromlist=["add_parsers"]).add_parsers(sub)   # repulse train | eval
+    from rgk.eval import cli as eval_cli
+    eval_cli.add_parsers(sub)            # eval args | detox | eos-probe | train-judge
     return parser
 
 
@@ -69,6 +71,7 @@ def error_message(exc: BaseException) -> str:
 def main(argv=None) -> int:
     debug = os.environ.get("RGK_DEBUG", "") not in ("", "0")
     ns = build_parser().parse_args(argv)       # argument errors: SystemExit(2), one line
+    ns.argv = list(sys.argv[1:] if argv is None else argv)    # reports quote the exact command
     try:
         return int(ns.func(ns) or 0)
     except KeyboardInterrupt:

@@ -14,6 +14,17 @@ separate reward model, one 1-token LM forward + one k-token reward-model forward
 its prefix cache (fork attention, no copies); text reward, one LM forward + the callable.
 `naive_args_generate` re-runs everything over every full candidate sequence each step:
 it is the oracle of the tests and the baseline of the benchmarks.
+
+End of sequence: by default (`eos_reward="candidate"`, the paper's semantics) the EOS
+candidate is scored like any other, r([x, y<t, EOS]).  A reward head trained on responses
+without their end-of-turn marker reads that position out of distribution: the shipped HH
+head scored the EOS candidate below the prefix at 39 of the 40 steps where EOS was among
+the top 10 on 32 held-out HH-RLHF prompts, by 1.27 [1.04, 1.49] standardised units (1.9 in
+score at w = 1.5; `rgk eval eos-probe --n-prompts 32 --max-new-tokens 64`,
+benchmarks/eval/eos_probe.md), so ARGS stops less often than greedy.  `eos_reward="prefix"`
+(opt-in) scores the EOS candidate with the
+reward of the sequence before it, r([x, y<t]): stopping then keeps the reward the answer
+already has.  It runs on the Python loop (loop="auto" or "dynamic").
 """
 from __future__ import annotations
 
@@ -192,6 +203,25 @@ def select(scores: Scores, logp, ids, *, w, temperature, uniform):
                              uniform=uniform)
 
 
+EOS_REWARDS = ("candidate", "prefix")
+
+
+def check_eos_reward(eos_reward) -> str:
+    if not isinstance(eos_reward, str) or eos_reward not in EOS_REWARDS:
+        raise ValueError(f"eos_reward: expected one of {', '.join(map(repr, EOS_REWARDS))}, got {eos_reward!r}")
+    return eos_reward
+
+
+def eos_prefix_scores(scores: Scores, ids: torch.Tensor, eos: torch.Tensor, prefix_reward: torch.Tensor) -> Scores:
+    """`scores` as rewards [B, k] in which every EOS candidate gets its row's prefix reward
+    [B] (the `eos_reward="prefix"` option)."""
+    from rgk.models import reward_mlp
+    r = scores.rewards.float() if scores.rewards is not None else reward_mlp(scores.hidden, *scores.head)
+    if eos.numel():
+        r = torch.where(torch.isin(ids, eos), prefix_reward.float().to(r.device)[:, None], r)
+    return Scores(rewards=r)
+
+
 # ----------------------------------------------------------------------------- LM drivers
 class _PlainLM:
     """The LM decoding with its own DynamicCache (separate reward model or text reward)."""
@@ -255,7 +285,8 @@ def _setup(model, input_ids, attention_mask, reward, k, w, temperature, max_new_
 def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10, w: float = 1.5,
                   temperature: float = 0.0, max_new_tokens: int = 32, eos_token_id=None, pad_token_id=None,
                   generator: torch.Generator | None = None, max_cache_len: int | None = None,
-                  progress: bool = False, loop: str = "auto", stop_every: int = 8) -> ARGSOutput:
+                  progress: bool = False, loop: str = "auto", stop_every: int = 8,
+                  eos_reward: str = "candidate") -> ARGSOutput:
     """ARGS decoding with caches: see the module docstring.
 
     model: a HF causal LM; input_ids/attention_mask [B, T] left-padded (without a mask,
@@ -270,9 +301,15 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     Python loop otherwise (text rewards, other model families); "eager", "compiled"
     (torch.compile fullgraph) and "graph" force the static step; "dynamic" forces the
     Python loop.  stop_every: the static loop reads the done flags every that many steps.
+
+    eos_reward: "candidate" (default, the paper's ARGS) scores an EOS candidate with
+    r([x, y<t, EOS]) like any other; "prefix" (opt-in) gives it r([x, y<t]), the reward of
+    the sequence before it (the prompt's own reward at the first step).  "prefix" runs on
+    the Python loop: loop must be "auto" or "dynamic".
     """
     mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
         model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
+    eos_prefix = check_eos_reward(eos_reward) == "prefix"
     B, T = input_ids.shape
     dev = input_ids.device
     need = T + max_new_tokens
@@ -292,7 +329,10 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
             raise ValueError(f"loop: {loop!r} needs a reward source the static step can run (a RewardHead or a "
                              f"RewardModel); {type(src).__name__} runs on loop='dynamic'")
         decode.check_family(model)
-    if loop != "dynamic" and (loop != "auto" or static_ok):
+        if eos_prefix:
+            raise ValueError(f"eos_reward: 'prefix' runs on the Python loop; use loop='auto' or 'dynamic', "
+                             f"not {loop!r}")
+    if loop != "dynamic" and (loop != "auto" or static_ok) and not eos_prefix:
         seqs, r, lp, sc = decode.run_static(model, src, input_ids, mask, k=k, w=w, temperature=temperature,
                                             max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad,
                                             generator=generator, loop=loop, stop_every=stop_every,
@@ -303,11 +343,16 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     session = src.open(model, input_ids, mask, capacity=cap, k=k)
     try:
         logits = lm.prefill(input_ids, mask)
+        prefix_r = src.reference_rewards(model, input_ids, mask, T).float().to(dev) if eos_prefix else None
         for step in tqdm(range(max_new_tokens), desc="ARGS", disable=not progress, leave=False):
             logp, ids = ops.topk_logprobs(logits, k)
             sc = session.score(ids, lm.fork(ids))
+            if eos_prefix:
+                sc = eos_prefix_scores(sc, ids, eos, prefix_r)
             u = uniform_draws(B, temperature, generator, dev)
             tok, idx, score, r = select(sc, logp, ids, w=w, temperature=temperature, uniform=u)
+            if eos_prefix:
+                prefix_r = r.gather(1, idx[:, None])[:, 0]
             tok = rec.add(tok, idx, logp, score, r)
             if step + 1 == max_new_tokens or bool(rec.done.all()):
                 break
@@ -322,11 +367,13 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
 def naive_args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10, w: float = 1.5,
                         temperature: float = 0.0, max_new_tokens: int = 32, eos_token_id=None,
                         pad_token_id=None, generator: torch.Generator | None = None,
-                        progress: bool = False) -> ARGSOutput:
+                        progress: bool = False, eos_reward: str = "candidate") -> ARGSOutput:
     """Reference ARGS: no caches; every step re-runs the LM over the full sequences and the
-    reward over all B·k full candidate sequences.  Same arguments as `args_generate`."""
+    reward over all B·k full candidate sequences.  Same arguments as `args_generate`
+    (eos_reward="prefix": the EOS candidate gets the reward of the full sequence before it)."""
     mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
         model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
+    eos_prefix = check_eos_reward(eos_reward) == "prefix"
     B, T0 = input_ids.shape
     dev = input_ids.device
     rec = _Recorder(input_ids, eos, pad)
@@ -337,6 +384,9 @@ def naive_args_generate(model, input_ids, attention_mask=None, *, reward, k: int
         cand = torch.cat([seqs.repeat_interleave(k, 0), ids.reshape(-1, 1)], 1)
         cmask = torch.cat([mask.repeat_interleave(k, 0), torch.ones(B * k, 1, dtype=mask.dtype, device=dev)], 1)
         r = src.reference_rewards(model, cand, cmask, T0).reshape(B, k).float().to(dev)
+        if eos_prefix and eos.numel():
+            prefix_r = src.reference_rewards(model, seqs, mask, T0).float().to(dev)
+            r = torch.where(torch.isin(ids, eos), prefix_r[:, None], r)
         u = uniform_draws(B, temperature, generator, dev)
         tok, idx, score = ops.select_from_rewards(logp, ids, r, reward_weight=w, temperature=temperature,
                                                   uniform=u)
