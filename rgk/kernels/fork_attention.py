@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from rgk.kernels import _workspace
+from rgk.kernels._launch import last_dim_contiguous, sm_count as _sm_count
 
 
 @triton.jit
@@ -151,19 +152,7 @@ def _finish(s_self, m_i, l_i, acc, vn_base, svn_k, j, d, rd_ok, out_ptrs):
     tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=rd_ok)
 
 
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 _PLANS: dict = {}
-_SMS: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    n = _SMS.get(device)
-    if n is None:
-        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return n
 
 
 def _plan(B, Hq, Hkv, K, D, L, dtype, device) -> tuple:
@@ -208,7 +197,7 @@ def fork_attention_triton(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
     out = torch.empty(B, Hq, K, D, dtype=q.dtype, device=dev)
     if out.numel() == 0:
         return out
-    q, k_cache, v_cache, k_new, v_new = map(_last_dim_contiguous, (q, k_cache, v_cache, k_new, v_new))
+    q, k_cache, v_cache, k_new, v_new = map(last_dim_contiguous, (q, k_cache, v_cache, k_new, v_new))
     key = (dev, B, Hq, Hkv, K, D, L, q.dtype)
     plan = _PLANS.get(key)
     if plan is None:

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from rgk.kernels import _workspace
+from rgk.kernels._launch import last_dim_contiguous, sm_count as _sm_count
 
 _FLT_MAX = tl.constexpr(3.4028234663852886e38)
 
@@ -148,20 +149,8 @@ def _reward_select_kernel(
                 K, reward_weight, temperature, K_PAD, SAMPLE)
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 _PLANS: dict = {}
-_SMS: dict = {}
 _BLOCK_H_MLP = 64
-
-
-def _sm_count(device: torch.device) -> int:
-    n = _SMS.get(device)
-    if n is None:
-        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return n
 
 
 def _pick_split(B: int, m: int, block_h: int, device: torch.device) -> int:
@@ -200,7 +189,7 @@ def reward_select_triton(hidden, logp, ids, w1, b1, w2=None, b2=None, *, reward_
     B, K, d = hidden.shape
     if not 1 <= K <= 64:
         raise ValueError(f"hidden: expected 1 to 64 candidates per row, got shape {tuple(hidden.shape)}")
-    hidden, logp, ids, w1 = map(_unit_last, (hidden, logp, ids, w1))
+    hidden, logp, ids, w1 = map(last_dim_contiguous, (hidden, logp, ids, w1))
     m = w1.shape[0]
     mlp = w2 is not None
     sample = temperature > 0

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from rgk.kernels import _workspace
+from rgk.kernels._launch import sm_count as _sm_count
 
 _EMPTY = tl.constexpr(-(2**63) + 1)  # below the key of every real element
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -201,14 +202,6 @@ def _topk_logprobs_kernel(
 
 
 _PLANS: dict = {}
-_SMS: dict = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    n = _SMS.get(device)
-    if n is None:
-        n = _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return n
 
 
 def _pick_split(B: int, V: int, block: int, device: torch.device) -> int:
