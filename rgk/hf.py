@@ -30,6 +30,17 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def left_pad(rows, pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, T], mask [B, T]) of token-id rows, left-padded with `pad_id` (on `device`)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, T - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
 @functools.lru_cache(maxsize=256)
 def _cache_kwarg_of(fn) -> str:
     try:

@@ -360,7 +360,7 @@ def eos_probe(*, n_prompts: int = 16, max_new_tokens: int = 48, k: int = 10, w: 
     reward, the prefix's reward (the token chosen one step before) and the other candidates'
     mean reward; and whether EOS would have won with the prefix's reward."""
     from rgk.args import args_generate
-    from rgk.eval.runner import left_pad
+    from rgk.hf import left_pad
     from rgk.models import DEFAULT_HEAD, RewardHead, load_model
     head = head if head is not None else RewardHead.load(DEFAULT_HEAD)
     model, tok = load_model(model_name)

@@ -170,14 +170,7 @@ def continuation_nll(model, prompts: Sequence[Sequence[int]], answers: Sequence[
     todo.sort(key=lambda i: -(len(prompts[i]) + len(answers[i])))
     for s in tqdm(range(0, len(todo), batch_size), desc=desc, disable=not progress, leave=False):
         idx = todo[s:s + batch_size]
-        seqs = [list(prompts[i]) + list(answers[i]) for i in idx]
-        W = max(len(x) for x in seqs)
-        ids = torch.full((len(idx), W), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), W), dtype=torch.long)
-        for r, x in enumerate(seqs):
-            ids[r, W - len(x):] = torch.tensor(x)
-            mask[r, W - len(x):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
+        ids, mask = hf.left_pad([list(prompts[i]) + list(answers[i]) for i in idx], pad_id, dev)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=hf.positions(mask)).logits.float()
         lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
         for r, i in enumerate(idx):

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgk.eval.metrics import responses
+from rgk.hf import left_pad
 
 
 @dataclass
@@ -62,16 +63,6 @@ class Generations:
     def n_tokens(self) -> int:
         """Tokens the method emitted (EOS included)."""
         return sum(len(a) + int(e) for a, e in zip(self.answers, self.ended))
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    W = max(len(r) for r in rows)
-    ids = torch.full((len(rows), W), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), W), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, W - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, W - len(r):] = 1
-    return ids, mask
 
 
 def eos_ids(model) -> list[int]:

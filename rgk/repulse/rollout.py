@@ -20,6 +20,7 @@ import math
 import torch
 
 from rgk import hf
+from rgk.hf import left_pad  # noqa: F401  (part of this module's API)
 
 __all__ = ["encode_prompts", "left_pad", "sample", "response_mask", "token_logprobs", "rewards", "bad_fraction",
            "tail_mean", "check_policy_model"]
@@ -67,17 +68,6 @@ def encode_prompts(prompts, tokenizer, max_prompt_tokens: int, *, chat_template:
             raise ValueError(f"prompts: prompt {i} encodes to no tokens")
         out.append(ids[-max_prompt_tokens:])
     return out
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [B, T], mask [B, T]) of token-id rows, left-padded with `pad_id`."""
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for b, r in enumerate(rows):
-        ids[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[b, T - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def response_mask(resp: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
