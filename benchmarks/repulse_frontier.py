@@ -81,7 +81,8 @@ def _eval_point(path: Path, model, head, prompts, tok, ref, ns) -> dict:
     return res
 
 
-def run(ns) -> list[dict]:
+def run(ns) -> None:
+    """Train every (method, seed) run to --steps, evaluating each point once (cached in evals/)."""
     from rgk import models
     from rgk.args.tox_head import DEFAULT_TOX_HEAD
     from rgk.repulse.cli import rtp_prompts
@@ -90,12 +91,8 @@ def run(ns) -> list[dict]:
     head = models.RewardHead.load(ns.head or DEFAULT_TOX_HEAD)
     train_prompts = rtp_prompts(None, "train", None)
     eval_prompts = rtp_prompts(None, "held_out", ns.eval_prompts)
-    points = []
     base_model, tok = models.load_model(device=ns.device)
-    base = _eval_point(out / "evals" / "base-step000.json", base_model, head, eval_prompts, tok, base_model, ns)
-    for m in ns.methods.split(","):
-        for s in (int(x) for x in ns.seeds.split(",")):
-            points.append({"method": m, "seed": s, "step": 0, **base})
+    _eval_point(out / "evals" / "base-step000.json", base_model, head, eval_prompts, tok, base_model, ns)
     del base_model
     for m in ns.methods.split(","):
         for s in (int(x) for x in ns.seeds.split(",")):
@@ -119,14 +116,9 @@ def run(ns) -> list[dict]:
                     print(f"{m} seed {s} step {k}: reward {res['reward_mean']:.3f} p_bad {res['p_bad']:.3f} "
                           f"judge {res['judge_mean']:.3f} kl {res['kl']:.3f}", flush=True)
             train_s = sum(r.get("time_s", 0) for r in trainer.history)
-            for k in range(ns.eval_every, ns.steps + 1, ns.eval_every):
-                f = out / "evals" / f"{m}-s{s}-step{k:03d}.json"
-                if f.is_file():
-                    points.append({"method": m, "seed": s, "step": k, **json.loads(f.read_text())})
             print(f"{m} seed {s}: {trainer.step_index} steps ({train_s:.0f} s of steps this call, "
                   f"{time.perf_counter() - t0:.0f} s with evals)", flush=True)
             del trainer, model
-    return points
 
 
 def _load_points(ns) -> list[dict]:
