@@ -6,7 +6,9 @@ import torch
 from conftest import left_padded
 from test_args import PAD, V, DigitTokenizer, text_fn, tiny_lm
 
-from rgk.args import RewardModel, TextReward, args_generate, naive_args_generate
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from rgk.args import ARGSLogitsProcessor, RewardModel, TextReward, args_generate, naive_args_generate
 from rgk.models import RewardHead, RewardHeadConfig
 
 
@@ -46,9 +48,12 @@ def test_default_is_candidate(parts, source):
     torch.testing.assert_close(a.rewards, b.rewards)
 
 
-@pytest.mark.parametrize("source", ["shared", "model", "text"])
+@pytest.mark.parametrize("source,loop", [("shared", "auto"), ("shared", "dynamic"), ("model", "auto"),
+                                         ("model", "dynamic"), ("text", "auto")])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_prefix_native_matches_naive_and_eos_gets_prefix_reward(parts, source, temperature):
+def test_prefix_native_matches_naive_and_eos_gets_prefix_reward(parts, source, loop, temperature):
+    """Every loop (the static step for the head and the reward model, the Python loop)
+    against the naive reference, and the EOS candidate's reward is the prefix's."""
     lm = parts[0]
     reward = _sources(parts)[source]
     ids, mask = _prompts()
@@ -63,7 +68,7 @@ def test_prefix_native_matches_naive_and_eos_gets_prefix_reward(parts, source, t
         eos = _eos_at(lm, ids, mask, step)
         kw = dict(reward=reward, k=8, w=0.1, temperature=temperature, max_new_tokens=10, eos_token_id=eos,
                   pad_token_id=PAD, eos_reward="prefix")
-        a = args_generate(lm, ids, mask, generator=torch.Generator().manual_seed(5), **kw)
+        a = args_generate(lm, ids, mask, generator=torch.Generator().manual_seed(5), loop=loop, **kw)
         b = naive_args_generate(lm, ids, mask, generator=torch.Generator().manual_seed(5), **kw)
         assert torch.equal(a.sequences, b.sequences)
         torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5)
@@ -105,5 +110,104 @@ def test_prefix_option_errors(parts):
         args_generate(lm, ids, mask, reward=head, max_new_tokens=2, eos_reward="fair")
     with pytest.raises(ValueError, match="eos_reward"):
         naive_args_generate(lm, ids, mask, reward=head, max_new_tokens=2, eos_reward=None)
-    with pytest.raises(ValueError, match="eos_reward: 'prefix' runs on the Python loop"):
-        args_generate(lm, ids, mask, reward=head, max_new_tokens=2, eos_reward="prefix", loop="eager")
+    with pytest.raises(ValueError, match="eos_reward"):
+        ARGSLogitsProcessor(RewardModel(parts[1], head), eos_reward="fair")
+    with pytest.raises(ValueError, match="eos_token_id"):
+        ARGSLogitsProcessor(RewardModel(parts[1], head), eos_reward="prefix", eos_token_id=[3, -1])
+
+
+@pytest.mark.parametrize("source", ["shared", "model"])
+def test_prefix_compiled_step_matches_eager(parts, source):
+    """The prefix reward lives on device in the static step: torch.compile(fullgraph=True)
+    of that step gives the eager step's tokens and rewards."""
+    lm = parts[0]
+    reward = _sources(parts)[source]
+    ids, mask = _prompts()
+    eos = _eos_at(lm, ids, mask, 2)
+    kw = dict(reward=reward, k=8, w=0.1, max_new_tokens=6, eos_token_id=eos, pad_token_id=PAD, eos_reward="prefix")
+    a = args_generate(lm, ids, mask, loop="eager", **kw)
+    b = args_generate(lm, ids, mask, loop="compiled", **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5)
+
+
+class _Force(LogitsProcessor):
+    """Forces token `tok` at generation step `step` (after ARGS): a token that was no candidate."""
+
+    def __init__(self, start, step, tok):
+        self.start, self.step, self.tok = start, step, tok
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] - self.start == self.step:
+            scores = torch.full_like(scores, -float("inf"))
+            scores[:, self.tok] = 0.0
+        return scores
+
+
+@pytest.mark.parametrize("source", ["model", "text"])
+def test_processor_prefix_matches_native(parts, source):
+    """ARGSLogitsProcessor(eos_reward="prefix") inside greedy `generate` picks the native
+    loop's tokens, its EOS id read from generate's config; a forced non-candidate token is
+    re-scored in full, as a fresh processor would."""
+    lm, rm, head = parts
+    reward = _sources(parts)[source]
+    ids, mask = _prompts()
+    T = ids.shape[1]
+    hits = 0
+    for step in range(4):
+        eos = _eos_at(lm, ids, mask, step)
+        ref = args_generate(lm, ids, mask, reward=reward, k=8, w=0.1, max_new_tokens=8, eos_token_id=eos,
+                            pad_token_id=PAD, eos_reward="prefix")
+        proc = ARGSLogitsProcessor(reward, k=8, w=0.1, attention_mask=mask, eos_reward="prefix")
+        out = lm.generate(ids, attention_mask=mask, logits_processor=LogitsProcessorList([proc]), pad_token_id=PAD,
+                          eos_token_id=eos, max_new_tokens=8, do_sample=False)
+        n = min(out.shape[1], ref.sequences.shape[1])
+        assert torch.equal(out[:, :n], ref.sequences[:, :n])
+        hits += int((ref.sequences[:, T:] == eos).any())
+    assert hits >= 1
+
+
+def test_processor_prefix_reward_tracks_the_sequence(parts):
+    """The processor's prefix reward is the reward of the sequence it has seen, whether the
+    appended token was a candidate (its slot's reward) or not (re-scored in full)."""
+    lm, rm, head = parts
+    reward = RewardModel(rm, head)
+    ids, mask = _prompts()
+    T = ids.shape[1]
+    proc = ARGSLogitsProcessor(reward, k=4, w=0.1, attention_mask=mask, eos_reward="prefix", eos_token_id=3)
+    seq = ids
+    g = torch.Generator().manual_seed(0)
+    for step in range(5):
+        full = torch.cat([mask, torch.ones_like(seq[:, T:])], 1)
+        with torch.no_grad():
+            logits = lm(seq, attention_mask=full, position_ids=(full.cumsum(-1) - 1).clamp_min(0)).logits[:, -1]
+        out = proc(seq, logits)
+        torch.testing.assert_close(proc._prefix_r, reward.reference_rewards(lm, seq, full, T).float(),
+                                   atol=1e-5, rtol=1e-5)
+        if step % 2:      # a token that was no candidate: a one-token forward, then a full re-score
+            tok = torch.where(torch.isfinite(out), -1, torch.arange(out.shape[1])).argmax(-1)
+        else:             # a candidate
+            tok = torch.multinomial(torch.isfinite(out).float(), 1, generator=g)[:, 0]
+        seq = torch.cat([seq, tok[:, None]], 1)
+    assert proc.extra_forwards == 2 and proc.rebuilds == 1
+
+
+def test_graph_snapshot_restores_the_prefix_reward(parts):
+    """The CUDA-graph wrapper's warm-up runs the step once; its snapshot must put the
+    device prefix reward back with the cache positions (checked without CUDA)."""
+    from rgk.args import decode
+    from rgk.args.rewards import SharedHead
+    lm, _, head = parts
+    ids, mask = _prompts()
+    dec = decode.StaticDecoder(lm, SharedHead(head), ids, mask, k=4, w=1.0, temperature=0.0,
+                               cap=ids.shape[1] + 4, eos=torch.tensor([3]), pad=PAD, eos_prefix=True)
+    g = object.__new__(decode._Graph)
+    g.dec = dec
+    g._snapshot = g._save()
+    before = (dec.prefix_reward.clone(), dec.lm.cache.end.clone(), dec.lm.cache.pos.clone())
+    with dec.static():
+        dec.step(dec.logits, None, dec.done)
+    assert not torch.equal(dec.prefix_reward, before[0]) and not torch.equal(dec.lm.cache.end, before[1])
+    g._restore()
+    for a, b in zip((dec.prefix_reward, dec.lm.cache.end, dec.lm.cache.pos), before):
+        assert torch.equal(a, b)

@@ -180,6 +180,18 @@ def test_generate_succeeds_on_the_tiny_model(tiny, capsys):
     assert out.count("PROMPT:") == 2 and "rgk: error" not in err
 
 
+@pytest.mark.parametrize("mode", ["native", "processor", "naive"])
+def test_generate_eos_reward_prefix(tiny, capsys, mode):
+    model, head = tiny
+    code, out, err = run(["generate", "--model", str(model), "--head", str(head), "--prompt", "hello dog",
+                          "--k", "3", "--max-new-tokens", "3", "--mode", mode, "--eos-reward", "prefix"], capsys)
+    assert code == 0, err
+    assert out.count("PROMPT:") == 1
+    code, _, err = run(["generate", "--model", str(model), "--head", str(head), "--prompt", "hi",
+                        "--eos-reward", "fair"], capsys)
+    assert code != 0 and "--eos-reward" in err
+
+
 def test_damaged_default_model_without_the_wheel(tmp_path, monkeypatch, capsys):
     """The converted default model is truncated and cannot be converted again: one line
     naming the file and what to delete."""

@@ -132,7 +132,8 @@ def run_generate(ns) -> int:
     t0 = time.perf_counter()
     if ns.mode == "processor":
         rmod = reward if ns.reward_model else RewardModel(model, head)
-        proc = ARGSLogitsProcessor(rmod, k=ns.k, w=ns.w, temperature=ns.temperature, attention_mask=mask)
+        proc = ARGSLogitsProcessor(rmod, k=ns.k, w=ns.w, temperature=ns.temperature, attention_mask=mask,
+                                   eos_reward=ns.eos_reward)
         torch.manual_seed(ns.seed)
         seqs = model.generate(ids, attention_mask=mask, max_new_tokens=ns.max_new_tokens,
                               do_sample=ns.temperature > 0, logits_processor=LogitsProcessorList([proc]),
@@ -141,7 +142,7 @@ def run_generate(ns) -> int:
         fn = args_generate if ns.mode == "native" else naive_args_generate
         seqs = fn(model, ids, mask, reward=reward, k=ns.k, w=ns.w, temperature=ns.temperature,
                   max_new_tokens=ns.max_new_tokens, generator=gen, pad_token_id=tok.pad_token_id,
-                  progress=True).sequences
+                  progress=True, eos_reward=ns.eos_reward).sequences
     dt = time.perf_counter() - t0
     eos = torch.as_tensor(model.generation_config.eos_token_id).flatten()
     for p, text in zip(prompts, _decode(tok, seqs, ids.shape[1], eos)):
@@ -175,5 +176,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--mode", choices=["native", "processor", "naive"], default="native",
                    help="native loop (fork cache), LogitsProcessor inside generate, or the naive reference")
     g.add_argument("--seed", type=int_at_least(0), default=0)
+    g.add_argument("--eos-reward", choices=["candidate", "prefix"], default="candidate",
+                   help="how the end-of-sequence candidate is scored: 'candidate' (default, the paper's ARGS: "
+                        "r of the sequence ending in EOS) or 'prefix' (r of the sequence before it, so a head "
+                        "that reads EOS out of distribution does not keep ARGS from stopping)")
     g.add_argument("--no-chat-template", action="store_true", help="feed the prompts as raw text")
     g.set_defaults(func=run_generate)

@@ -67,19 +67,25 @@ class _LMFork:
         self.cache = ForkCache.for_model(model, B, cap, slots)
 
     def prefill(self, input_ids, mask):
-        return self.head(self.cache.extend(self.dec, input_ids, mask)[:, -1]).float()
+        """The next-token logits [B, V] fp32; keeps the prompt's last hidden state [B, d]."""
+        self.last_hidden = self.cache.extend(self.dec, input_ids, mask)[:, -1]
+        return self.head(self.last_hidden).float()
 
 
 class StaticDecoder:
     """A static-shape decode step for one (model, reward source, batch, k, capacity).
 
     source: None (vanilla greedy/sampling decoding), a SharedHead or a RewardModel.
+    eos_prefix: the `eos_reward="prefix"` option of `args_generate`: an EOS candidate gets
+    the reward of its row's sequence before it, kept on device in `prefix_reward` [B] fp32
+    (the prompt's reward after the prefill, then the chosen candidate's reward each step).
     """
 
     def __init__(self, model, source, input_ids, mask, *, k: int, w: float, temperature: float, cap: int,
-                 eos: torch.Tensor, pad: int):
+                 eos: torch.Tensor, pad: int, eos_prefix: bool = False):
         check_family(model)
         self.model, self.src = model, source
+        self.eos_prefix = bool(eos_prefix) and source is not None
         self.k, self.w, self.temperature = k, w, temperature
         B = input_ids.shape[0]
         self.B, self.cap = B, cap
@@ -93,11 +99,16 @@ class StaticDecoder:
         if isinstance(source, RewardModel):
             check_family(source.model, "reward")
             self.rm_cache = ForkCache.for_model(source.model, B, cap, k)
-            self.rm_cache.extend(source.decoder, input_ids, mask)
+            last = self.rm_cache.extend(source.decoder, input_ids, mask)[:, -1]
             self.rm = source
             self.params = head_params(source.head, dev)
         elif self.shared:
             self.params = head_params(source.head, dev)
+            last = self.lm.last_hidden
+        self.prefix_reward = None
+        if self.eos_prefix:
+            from rgk.models import reward_mlp
+            self.prefix_reward = reward_mlp(last, *self.params).float()
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.zero = torch.zeros(B, dtype=torch.long, device=dev)
 
@@ -124,10 +135,20 @@ class StaticDecoder:
                 hid = self.lm.cache.fork(self.lm.dec, ids)
             else:
                 hid = self.rm_cache.fork(self.rm.decoder, ids)
-            tok, idx, score, rew = ops.reward_select(hid, logp, ids, *self.params, reward_weight=self.w,
-                                                     temperature=self.temperature, uniform=u, check=False)
+            if self.eos_prefix:
+                from rgk.models import reward_mlp
+                rew = reward_mlp(hid, *self.params).float()
+                if self.eos.numel():
+                    rew = torch.where(torch.isin(ids, self.eos), self.prefix_reward[:, None], rew)
+                tok, idx, score = ops.select_from_rewards(logp, ids, rew, reward_weight=self.w,
+                                                          temperature=self.temperature, uniform=u, check=False)
+            else:
+                tok, idx, score, rew = ops.reward_select(hid, logp, ids, *self.params, reward_weight=self.w,
+                                                         temperature=self.temperature, uniform=u, check=False)
             take = idx[:, None]
             lp, r, sc = logp.gather(1, take)[:, 0], rew.gather(1, take)[:, 0], score.gather(1, take)[:, 0]
+            if self.eos_prefix:
+                self.prefix_reward.copy_(r)
         tok = torch.where(done, torch.full_like(tok, self.pad), tok)
         zero = torch.zeros_like(lp)
         lp, r, sc = torch.where(done, zero, lp), torch.where(done, zero, r), torch.where(done, zero, sc)
@@ -184,12 +205,16 @@ class _Graph:
         return cs
 
     def _save(self):
-        return [(c.end.clone(), c.pos.clone()) for c in self._caches()]
+        pr = self.dec.prefix_reward
+        return [(c.end.clone(), c.pos.clone()) for c in self._caches()], None if pr is None else pr.clone()
 
     def _restore(self):
-        for c, (e, p) in zip(self._caches(), self._snapshot):
+        caches, pr = self._snapshot
+        for c, (e, p) in zip(self._caches(), caches):
             c.end.copy_(e)
             c.pos.copy_(p)
+        if pr is not None:
+            self.dec.prefix_reward.copy_(pr)
 
     def __call__(self, logits, u, done):
         self.logits.copy_(logits)
@@ -208,13 +233,13 @@ def _draw(B, temperature, generator, device):
 
 @torch.no_grad()
 def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tokens, cap, eos, pad, generator,
-               loop: str, stop_every: int = 8, progress: bool = False):
+               loop: str, stop_every: int = 8, progress: bool = False, eos_prefix: bool = False):
     """Decode with the static step; returns (sequences, rewards, logprobs, scores) like ARGSOutput."""
     dev = input_ids.device
     loop = resolve_loop(loop, dev)
     stop_every = max(1, int(stop_every))
     dec = StaticDecoder(model, source, input_ids, mask, k=k, w=w, temperature=temperature, cap=cap, eos=eos,
-                        pad=pad)
+                        pad=pad, eos_prefix=eos_prefix)
     logits, done = dec.logits, dec.done
     toks, lps, rs, scs, dones = [], [], [], [], []
     with dec.static(host_bound=loop == "eager") as handles:

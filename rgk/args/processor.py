@@ -33,7 +33,8 @@ from transformers import LogitsProcessor
 
 from rgk import ops
 from rgk.args.rewards import as_source
-from rgk.args.search import as_int, check_args_params, check_mask, infer_left_padding, select
+from rgk.args.search import (as_int, check_args_params, check_eos_reward, check_mask, eos_prefix_scores,
+                             infer_left_padding, select)
 
 
 def _generate_frames(depth: int = 12):
@@ -65,13 +66,19 @@ class ARGSLogitsProcessor(LogitsProcessor):
     graph: replay the reward model's per-call work (commit of the appended token, top-k,
         fork pass, reward select) from a CUDA graph captured once per generate call
         (None: on CUDA with a RewardModel; False: eager).
+    eos_reward: "candidate" (default, the paper's ARGS) or "prefix": an EOS candidate gets
+        the reward of the sequence before it, as in `args_generate(eos_reward="prefix")`
+        (runs eagerly: no CUDA graph).
+    eos_token_id: the EOS id(s) for eos_reward="prefix"; None: generate's own
+        generation_config.eos_token_id, read at each rebuild.
     """
 
     supports_continuous_batching = False
 
     def __init__(self, reward, *, k: int = 10, w: float = 1.5, temperature: float = 0.0,
                  batch_size: int | None = None, attention_mask: torch.Tensor | None = None,
-                 pad_token_id: int | None = None, max_cache_len: int | None = None, graph: bool | None = None):
+                 pad_token_id: int | None = None, max_cache_len: int | None = None, graph: bool | None = None,
+                 eos_reward: str = "candidate", eos_token_id=None):
         src = as_source(reward)
         if src.uses_lm_hidden:
             raise TypeError("reward: inside generate a bare RewardHead needs its backbone; "
@@ -93,6 +100,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
             raise TypeError(f"graph: expected True, False or None, got {graph!r}")
         self.graph = graph
         self._graph = None
+        self.eos_prefix = check_eos_reward(eos_reward) == "prefix"
+        self.eos_token_id = None if eos_token_id is None else _eos_ids(eos_token_id)
+        self._prefix_r: torch.Tensor | None = None   # [B] reward of each row's current sequence
+        self._cand_r: torch.Tensor | None = None     # [B, k] rewards of the last call's candidates
         self.graph_replays = 0   # calls served by the captured CUDA graph
         self.rebuilds = 0        # how often the state was rebuilt (a new prompt or a rollback)
         self.extra_forwards = 0  # one-token forwards for appended tokens that were not candidates
@@ -165,6 +176,16 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._graph = None
         self.session = self.reward.open(None, input_ids, mask, capacity=cap, k=self.k)
         self._cap, self._len = cap, input_ids.shape[1]
+        if self.eos_prefix:
+            self._mask, self._T0 = mask, input_ids.shape[1]
+            eos = self.eos_token_id
+            if eos is None:
+                gc = next((loc["generation_config"] for _, loc in frames if loc.get("generation_config") is not None),
+                          None)
+                eid = getattr(gc, "eos_token_id", None)
+                eos = _eos_ids(eid) if eid is not None else []
+            self._eos = torch.tensor(eos, dtype=torch.long, device=input_ids.device)
+            self._prefix_r = self._reference(input_ids)
         self._cand = None
         self.rebuilds += 1
 
@@ -180,6 +201,11 @@ class ARGSLogitsProcessor(LogitsProcessor):
             if isinstance(unfinished, torch.Tensor) and unfinished.shape == found.shape:
                 found = found | (unfinished.to(found.device) == 0)
                 break
+        if self.eos_prefix:
+            # the appended token's reward is the new prefix reward; a token that was not a
+            # candidate is scored in full by the caller (`_reference`)
+            self._prefix_r = self._cand_r.gather(1, hit.long().argmax(-1)[:, None])[:, 0]
+            self._prefix_stale = not bool(found.all())
         if bool(found.all()):
             self._pending = hit.long().argmax(-1)
             if self._graph is None:
@@ -210,6 +236,8 @@ class ARGSLogitsProcessor(LogitsProcessor):
         if seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1 \
                 and self._cand is not None and torch.equal(input_ids[:, :-1], seen):
             self._append(input_ids[:, -1])
+            if self.eos_prefix and self._prefix_stale:
+                self._prefix_r = self._reference(input_ids)
         elif not (seen is not None and torch.equal(input_ids, seen)):
             self._rebuild(input_ids)
         self._seen = input_ids.clone()
@@ -231,9 +259,20 @@ class ARGSLogitsProcessor(LogitsProcessor):
             self._graph.fresh = False     # the cache moved eagerly: first-call graph no longer valid
         return self._eager(scores)[0]
 
+    def _reference(self, input_ids):
+        """Rewards [B] of the full current sequences (the prompt at a rebuild)."""
+        B, L = input_ids.shape
+        mask = torch.cat([self._mask, torch.ones(B, L - self._T0, dtype=self._mask.dtype,
+                                                 device=self._mask.device)], 1)
+        return self.reward.reference_rewards(None, input_ids, mask, self._T0).float().to(input_ids.device)
+
     def _eager(self, scores):
         logp, ids = ops.topk_logprobs(scores, self.k)
-        _, _, score, _ = select(self.session.score(ids), logp, ids, w=self.w, temperature=0.0, uniform=None)
+        sc = self.session.score(ids)
+        if self.eos_prefix:
+            sc = eos_prefix_scores(sc, ids, self._eos, self._prefix_r)
+            self._cand_r = sc.rewards
+        _, _, score, _ = select(sc, logp, ids, w=self.w, temperature=0.0, uniform=None)
         self._cand = ids
         if self.temperature > 0:
             score = score / self.temperature
@@ -242,9 +281,16 @@ class ARGSLogitsProcessor(LogitsProcessor):
 
     def _use_graph(self, scores) -> bool:
         from rgk.args.rewards import _ModelSession
-        if self.graph is False or not isinstance(self.session, _ModelSession):
+        if self.graph is False or self.eos_prefix or not isinstance(self.session, _ModelSession):
             return False
         return self.graph is True or scores.device.type == "cuda"
+
+
+def _eos_ids(eos) -> list[int]:
+    """EOS id(s) as a list of ints (an int, a list of ints or an integer tensor)."""
+    vals = eos.flatten().tolist() if isinstance(eos, torch.Tensor) else (list(eos) if isinstance(eos, (list, tuple))
+                                                                         else [eos])
+    return [as_int("eos_token_id", v, 0) for v in vals]
 
 
 class _CallGraph:

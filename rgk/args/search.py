@@ -24,7 +24,8 @@ score at w = 1.5; `rgk eval eos-probe --n-prompts 32 --max-new-tokens 64`,
 benchmarks/eval/eos_probe.md), so ARGS stops less often than greedy.  `eos_reward="prefix"`
 (opt-in) scores the EOS candidate with the
 reward of the sequence before it, r([x, y<t]): stopping then keeps the reward the answer
-already has.  It runs on the Python loop (loop="auto" or "dynamic").
+already has.  Every loop runs it (the static step keeps the prefix reward on device), and so
+does `ARGSLogitsProcessor(eos_reward="prefix")`.
 """
 from __future__ import annotations
 
@@ -304,8 +305,7 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
 
     eos_reward: "candidate" (default, the paper's ARGS) scores an EOS candidate with
     r([x, y<t, EOS]) like any other; "prefix" (opt-in) gives it r([x, y<t]), the reward of
-    the sequence before it (the prompt's own reward at the first step).  "prefix" runs on
-    the Python loop: loop must be "auto" or "dynamic".
+    the sequence before it (the prompt's own reward at the first step), on every loop.
     """
     mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
         model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
@@ -329,14 +329,11 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
             raise ValueError(f"loop: {loop!r} needs a reward source the static step can run (a RewardHead or a "
                              f"RewardModel); {type(src).__name__} runs on loop='dynamic'")
         decode.check_family(model)
-        if eos_prefix:
-            raise ValueError(f"eos_reward: 'prefix' runs on the Python loop; use loop='auto' or 'dynamic', "
-                             f"not {loop!r}")
-    if loop != "dynamic" and (loop != "auto" or static_ok) and not eos_prefix:
+    if loop != "dynamic" and (loop != "auto" or static_ok):
         seqs, r, lp, sc = decode.run_static(model, src, input_ids, mask, k=k, w=w, temperature=temperature,
                                             max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad,
                                             generator=generator, loop=loop, stop_every=stop_every,
-                                            progress=progress)
+                                            progress=progress, eos_prefix=eos_prefix)
         return ARGSOutput(seqs, r, lp, sc)
     rec = _Recorder(input_ids, eos, pad)
     lm = _ForkLM(model, B, cap, k) if src.uses_lm_hidden else _PlainLM(model)
