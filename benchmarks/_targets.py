@@ -69,6 +69,14 @@ ARGS_CPU_TARGETS = [
          baselines=[RM], fused=[PROCESSOR], required=lambda r: 1 / 1.1, backend="cpu"),
 ]
 
+# the same with `--paired`: each loop alternated with its floor in one stretch of time
+ARGS_CPU_PAIRED_TARGETS = [
+    dict(_E2E, target=f"ARGS CPU (paired): {name} within 5% of its compute floor (floor / loop >= 0.952)",
+         baselines=[floor + " (paired)"], fused=[name + " (paired)"], required=lambda r: 1 / 1.05, backend="cpu")
+    for name, floor in ((SHARED, "floor: k-token LM forward"), (RM, "floor: 1-token LM + k-token RM forward"),
+                        (VANILLA, "floor: 1-token LM forward"))
+]
+
 TARGETS = [
     dict(op="topk_logprobs", target="topk_logprobs >= 4x log_softmax+topk (bf16)",
          baselines=["torch_log_softmax_topk", "torch_topk_logsumexp"], mode="graph", required=lambda r: 4.0),

@@ -219,6 +219,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--floor", dest="floor", action="store_true", default=None,
                     help="measure the compute floor (default on CPU)")
     ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the compute floor (default on CUDA)")
+    ap.add_argument("--paired", type=int, default=0, help="after a case's variants, alternate each native loop "
+                    "with its floor (prefill + new-token forwards) this many times and report both medians and "
+                    "the median per-pair ratio: drift of a shared machine cancels (CPU; 0: off)")
     ap.add_argument("--compiled", action="store_true", help="also time the torch.compile'd step (CPU; the "
                     "one-time compile, about a minute per shape, is in the warm-up, not in the figure)")
     ap.add_argument("--variants", default="", help="comma list of variant keys or name fragments (default: "
@@ -314,14 +317,44 @@ def _stats(xs):
 
 
 @torch.no_grad()
-def floor_ms(model, rm_model, head, ids, mask, k, n_new, dev, repeats):
-    """The compute floor's parts in ms: prefill of the prompt; k-token and 1-token LM forwards
-    (each with the lm_head on one position) and a k-token reward-model forward (with the reward
-    head on its k positions), each against a prefix cache of the prompt + n_new/2 tokens."""
+def floor_fns(model, rm_model, head, ids, mask, k, n_new, dev):
+    """The compute floor's parts as callables: `prefill` (the prompt's forward into a fresh
+    cache); `lm_k` / `lm_1` (a k-token / 1-token LM forward with the lm_head on one
+    position) and `rm_k` (a k-token reward-model forward with the reward head on its k
+    positions), each against a prefix cache of the prompt + n_new/2 tokens."""
     from rgk.args import ForkCache
     B, T = ids.shape
     half = max(1, n_new // 2)
     out = {}
+
+    @torch.no_grad()
+    def prefill():
+        c = ForkCache.for_model(model, B, T + 1, 1)
+        c.extend(model.get_decoder(), ids, mask)
+    out["prefill"] = prefill
+    g = torch.Generator().manual_seed(2)
+    for name, m, kk, read in (("lm_k", model, k, "lm"), ("lm_1", model, 1, "lm"), ("rm_k", rm_model, k, "reward")):
+        dec = m.get_decoder()
+        cache = ForkCache.for_model(m, B, T + half + 1, kk)
+        extra = torch.randint(3, 1000, (B, half), generator=g).to(dev)
+        cache.extend(dec, torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1))
+        cand = torch.randint(3, 1000, (B, kk), generator=g).to(dev)
+        lm_head = m.get_output_embeddings()
+
+        @torch.no_grad()
+        def run(cache=cache, dec=dec, cand=cand, lm_head=lm_head, read=read):
+            h = cache.fork(dec, cand)
+            if read == "lm":
+                lm_head(h[:, 0])
+            else:
+                head(h.float())
+        out[name] = run
+    return out
+
+
+def floor_ms(model, rm_model, head, ids, mask, k, n_new, dev, repeats):
+    """The compute floor's parts (`floor_fns`) in ms, each the median of its timed calls."""
+    fns = floor_fns(model, rm_model, head, ids, mask, k, n_new, dev)
 
     def timed(fn, n):
         fn()
@@ -333,28 +366,27 @@ def floor_ms(model, rm_model, head, ids, mask, k, n_new, dev, repeats):
             sync(dev)
             ts.append(time.perf_counter() - t0)
         return 1e3 * _stats(ts)
+    return {name: timed(fn, repeats if name == "prefill" else repeats * 3) for name, fn in fns.items()}
 
-    def prefill():
-        c = ForkCache.for_model(model, B, T + 1, 1)
-        c.extend(model.get_decoder(), ids, mask)
-    out["prefill"] = timed(prefill, repeats)
-    g = torch.Generator().manual_seed(2)
-    for name, m, kk, read in (("lm_k", model, k, "lm"), ("lm_1", model, 1, "lm"), ("rm_k", rm_model, k, "reward")):
-        dec = m.get_decoder()
-        cache = ForkCache.for_model(m, B, T + half + 1, kk)
-        extra = torch.randint(3, 1000, (B, half), generator=g).to(dev)
-        cache.extend(dec, torch.cat([ids, extra], 1), torch.cat([mask, torch.ones_like(extra)], 1))
-        cand = torch.randint(3, 1000, (B, kk), generator=g).to(dev)
-        lm_head = m.get_output_embeddings()
 
-        def run():
-            h = cache.fork(dec, cand)
-            if read == "lm":
-                lm_head(h[:, 0])
-            else:
-                head(h.float())
-        out[name] = timed(run, repeats * 3)
-    return out
+def floor_token_fns(fns, n_new):
+    """Per floor (FLOORS order), one callable doing what n_new generated tokens cannot cost
+    less than: the prompt prefill(s) and n_new step forwards (`--paired`)."""
+    def shared():
+        fns["prefill"]()
+        for _ in range(n_new):
+            fns["lm_k"]()
+
+    def rm():
+        fns["prefill"](), fns["prefill"]()
+        for _ in range(n_new):
+            fns["lm_1"](), fns["rm_k"]()
+
+    def vanilla():
+        fns["prefill"]()
+        for _ in range(n_new):
+            fns["lm_1"]()
+    return dict(zip(FLOORS, (shared, rm, vanilla)))
 
 
 class Clock:
@@ -563,6 +595,43 @@ class Bench:
         for name in (*FLOORS, PREFILL):
             print(f"  {row['case']}: {name:40s} {row['ms'][name]:10.3f} ms", flush=True)
 
+    PAIRS = (("native_shared", 0), ("native_rm", 1), ("native_vanilla", 2))
+
+    def paired(self, case, rounds: int):
+        """Each measured native loop alternated with its floor `rounds` times (loop, floor,
+        loop, floor, ...): adds "<variant> (paired)" and "<floor> (paired)" ms/token (the
+        medians of their alternated calls) and the per-pair ratios to the row."""
+        ns = self.ns
+        row = self.row(case)
+        lm, rm_model, head, _ = self.models(case.shape)
+        ids, mask = self.inputs(case)
+        todo = [(key, i) for key, i in self.PAIRS if VARIANTS[key] in row["ms"]]
+        if not todo:
+            return
+        floors = floor_token_fns(floor_fns(lm, rm_model, head, ids, mask, ns.k, ns.new, self.dev), ns.new)
+        row.setdefault("paired", {})
+        for key, i in todo:
+            call = self.fn(case, key)[0]
+            fl = floors[FLOORS[i]]
+            fl()
+            a, b = [], []
+            for _ in range(rounds):
+                for fn, xs in ((lambda: call(ns.new), a), (fl, b)):
+                    sync(self.dev)
+                    t0 = time.perf_counter()
+                    fn()
+                    sync(self.dev)
+                    xs.append(1e3 * (time.perf_counter() - t0) / ns.new)
+            va, fb = f"{VARIANTS[key]} (paired)", f"{FLOORS[i]} (paired)"
+            for name, xs in ((va, a), (fb, b)):
+                row["ms"][name], row["rounds"][name] = _stats(xs), rounds
+                row["samples_ms"][name] = xs
+                self._record(case, name, row["ms"][name], rounds=rounds)
+            per = sorted(x / y for x, y in zip(a, b))
+            row["paired"][f"{VARIANTS[key]} / {FLOORS[i]}"] = dict(median=_stats(per), ratios=per)
+            print(f"  {row['case']}: paired {VARIANTS[key]} / its floor: median {_stats(per):.3f} over {rounds} "
+                  f"pairs ({va} {row['ms'][va]:.2f}, {fb} {row['ms'][fb]:.2f} ms/token)", flush=True)
+
     def _rec(self, case, name, ms, **extra):
         row = self.rows[case]
         return dict(op="args_e2e", case=row["case"], impl=name, eager_ms=ms, device=self.dev_name,
@@ -592,7 +661,8 @@ class Bench:
         return out
 
     def target_rows(self):
-        targets = _targets.ARGS_GPU_TARGETS if self.dev.type == "cuda" else _targets.ARGS_CPU_TARGETS
+        targets = _targets.ARGS_GPU_TARGETS if self.dev.type == "cuda" else (
+            _targets.ARGS_CPU_TARGETS + (_targets.ARGS_CPU_PAIRED_TARGETS if self.ns.paired else []))
         recs = [r for r in self.records_of_run() if r.get("eager_ms") is not None or r.get("error")]
         return _targets.evaluate(recs, targets=targets, why_missing="not measured in this run")
 
@@ -652,6 +722,10 @@ def markdown(meta, rows, trows) -> str:
         if row["ratios"]:
             md += ["", "| ratio (same run) | value |", "|---|---|"]
             md += [f"| {name} | {v:.3f} |" for name, v in row["ratios"].items()]
+        if row.get("paired"):
+            md += ["", "| paired ratio (loop and floor alternated) | median | per pair |", "|---|---|---|"]
+            md += [f"| {name} | {v['median']:.3f} | {', '.join(f'{x:.3f}' for x in v['ratios'])} |"
+                   for name, v in row["paired"].items()]
         md.append("")
     md += ["## Targets", "", f"{_targets.tally(trows)}.", "",
            "| target | case | ARGS variant | baseline | baseline ms/token | variant ms/token | ratio | required | "
@@ -748,6 +822,12 @@ def main(argv=None) -> int:
                 except Exception:
                     status = 1
                 bar.update(1)
+            if ns.paired and ns.floor and case in bench.rows:
+                try:
+                    bench.paired(case, ns.paired)
+                except Exception:
+                    traceback.print_exc()
+                    status = 1
             bench.write(out, argv, png=False, quiet=True)  # a run cut later keeps this case
     finally:
         bar.close()

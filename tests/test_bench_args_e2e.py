@@ -126,6 +126,28 @@ def test_run_through_the_gpu_mode_code(tmp_path, capsys):
     assert "already holds results" in capsys.readouterr().err
 
 
+def test_paired_floor_alternation(tmp_path, capsys):
+    """--paired N: each native loop alternated N times with its floor; both medians, the
+    per-pair ratios and the paired CPU targets land in the outputs."""
+    out = tmp_path / "out"
+    argv = ["--random-weights", "--shapes", "smollm2-135m", "--layers", "1", "--cases", "smollm2-135m:1:8",
+            "--new", "2", "--repeats", "1", "--variants", "native_shared,native_rm,native_vanilla", "--floor",
+            "--paired", "3", "--out", str(out)]
+    assert e2e.main(argv) == 0
+    data = json.loads((out / "args_e2e.json").read_text())
+    row = data["rows"][0]
+    for name, floor in ((e2e.SHARED, e2e.FLOORS[0]), (e2e.RM, e2e.FLOORS[1]), (e2e.VANILLA, e2e.FLOORS[2])):
+        a, b = row["samples_ms"][name + " (paired)"], row["samples_ms"][floor + " (paired)"]
+        assert len(a) == len(b) == 3 and min(a + b) > 0
+        per = row["paired"][f"{name} / {floor}"]
+        assert per["ratios"] == sorted(x / y for x, y in zip(a, b))
+        assert per["median"] == pytest.approx(sorted(per["ratios"])[1])
+    paired = {t["target"] for t in data["targets"] if "(paired)" in t["target"]}
+    assert paired == {t["target"] for t in _targets.ARGS_CPU_PAIRED_TARGETS}
+    assert all(t["verdict"] in ("PASS", "FAIL") for t in data["targets"] if t["target"] in paired)
+    assert "| paired ratio (loop and floor alternated) |" in (out / "args_e2e.md").read_text()
+
+
 def test_spent_budget_leaves_variants_out_without_a_figure(tmp_path, capsys):
     out, rec = tmp_path / "out", tmp_path / "records.jsonl"
     argv = [a if a != "600" else "0.001" for a in SMALL]

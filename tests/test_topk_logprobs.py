@@ -395,3 +395,27 @@ def test_split_kernels_launch_unsplit_without_tickets(monkeypatch, family):
         torch.testing.assert_close(F.fork_attention_triton(q, kc, vc, kn, vn, *se, 0.25, split=3),
                                    reference.fork_attention(q, kc, vc, kn, vn, *se, 0.25), rtol=1e-5, atol=1e-5)
     assert asked == [family]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_reference_cpu_fast_path_orders_ties_taken_whole(seed, monkeypatch):
+    """Ties lying wholly inside the top k (torch.topk takes all of them, in its own order):
+    the CPU path that skips the tie pass still returns them index ascending; and ties
+    straddling the k-th (the tie pass runs) too."""
+    g = torch.Generator().manual_seed(seed)
+    B, V, k = 4, 257, 8
+    x = torch.randn(B, V, generator=g)
+    for b in range(B):
+        pos = torch.randperm(V, generator=g)[:5 if b % 2 else 12]   # 5 ties inside the top 8, or 12 across it
+        x[b, pos] = 9.0 if b % 2 else 3.5 + 0.0 * x[b, pos]
+        if not b % 2:
+            x[b, pos[:2]] = 10.0 + b
+    calls = []
+    topk = torch.topk
+    monkeypatch.setattr(torch, "topk", lambda *a, **kw: calls.append(1) or topk(*a, **kw))
+    for rows, n_topk in ((x[1::2], 1), (x, 2)):      # ties inside the top k only: one top-k
+        calls.clear()
+        logp, ids = reference.topk_logprobs(rows, k)
+        assert len(calls) == n_topk
+        assert ids.tolist() == brute_order(rows, k)
+        torch.testing.assert_close(logp, torch.log_softmax(rows, -1).gather(1, ids))

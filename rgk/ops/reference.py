@@ -32,7 +32,8 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     sync: torch.topk (whose choice among equal values is unspecified) gives the k-th value
     t; its entries > t are right, and the entries == t it took are replaced by the
     lowest-index ones (a second top-k over the tied positions); then a stable sort of the
-    k by value puts them in order.
+    k by value puts them in order.  On CPU, eagerly, the second top-k is skipped when
+    torch.topk already took every entry equal to t (the usual case: no tie at the k-th).
     """
     x = sanitize(logits)
     B, V = x.shape
@@ -40,13 +41,21 @@ def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     m, t = vals[:, :1], vals[:, k - 1:]
     e = x - torch.where(m > -math.inf, m, 0.0)
     log_s = torch.log(e.exp_().sum(dim=-1, keepdim=True))
-    # the lowest-index entries equal to t: top-k of V - v over the tied v
-    rev = torch.arange(V, 0, -1, device=x.device)
-    tie = torch.topk(torch.where(x == t, rev, 0), k, dim=-1).values
-    n_gt = (vals > t).sum(dim=-1, keepdim=True)
-    j = torch.arange(k, device=x.device)
-    cand = torch.cat([torch.where(vals > t, ids, V), torch.where((tie > 0) & (j < k - n_gt), V - tie, V)], dim=-1)
-    ids = cand.sort(dim=-1).values[:, :k]  # the k chosen (exactly k are < V), index ascending
+    at_t = x == t
+    if x.device.type == "cpu" and not torch.compiler.is_compiling() and \
+            bool((at_t.sum(-1, keepdim=True) == (vals == t).sum(-1, keepdim=True)).all()):
+        # CPU eager (reading a flag costs no device sync): torch.topk took every entry equal
+        # to t in every row, so its set is already the rule's: index ascending, then the order
+        ids = ids.sort(dim=-1).values
+    else:
+        # the lowest-index entries equal to t: top-k of V - v over the tied v
+        rev = torch.arange(V, 0, -1, device=x.device)
+        tie = torch.topk(torch.where(at_t, rev, 0), k, dim=-1).values
+        n_gt = (vals > t).sum(dim=-1, keepdim=True)
+        j = torch.arange(k, device=x.device)
+        cand = torch.cat([torch.where(vals > t, ids, V), torch.where((tie > 0) & (j < k - n_gt), V - tie, V)],
+                         dim=-1)
+        ids = cand.sort(dim=-1).values[:, :k]  # the k chosen (exactly k are < V), index ascending
     vals, order = torch.sort(x.gather(1, ids), dim=-1, descending=True, stable=True)
     ids = ids.gather(1, order)
     logp = torch.where(vals > -math.inf, (vals - m) - log_s, -math.inf)
