@@ -55,6 +55,8 @@ def _args(argv=None):
     p.add_argument("--eval-samples", type=int, default=8)
     p.add_argument("--eval-batch-prompts", type=int, default=8)
     p.add_argument("--head", default=None, help="training reward head (default: the shipped toxicity head)")
+    p.add_argument("--model", default=None, help="a local HF causal-LM folder (default: the embedded "
+                   "SmolLM2-135M-Instruct)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--plot-only", action="store_true", help="only redraw the table and plot from evals/")
     return p.parse_args(argv)
@@ -91,13 +93,13 @@ def run(ns) -> None:
     head = models.RewardHead.load(ns.head or DEFAULT_TOX_HEAD)
     train_prompts = rtp_prompts(None, "train", None)
     eval_prompts = rtp_prompts(None, "held_out", ns.eval_prompts)
-    base_model, tok = models.load_model(device=ns.device)
+    base_model, tok = models.load_model(ns.model, device=ns.device)
     _eval_point(out / "evals" / "base-step000.json", base_model, head, eval_prompts, tok, base_model, ns)
     del base_model
     for m in ns.methods.split(","):
         for s in (int(x) for x in ns.seeds.split(",")):
             run_dir = out / "runs" / f"{m}-s{s}"
-            model, tok = models.load_model(device=ns.device)
+            model, tok = models.load_model(ns.model, device=ns.device)
             cfg = RePULSeConfig(method=m, steps=ns.steps, prompts_per_step=ns.prompts_per_step,
                                 samples_per_prompt=ns.samples_per_prompt, max_new_tokens=ns.max_new_tokens,
                                 kl_coef=ns.kl_coef, beta=ns.beta, alpha=ns.alpha, lr=ns.lr, threshold=ns.threshold,
