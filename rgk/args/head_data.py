@@ -216,13 +216,7 @@ def extract_features(model, sequences: Sequence[Sequence[int]], *, max_tokens: i
               mininterval=5.0, file=sys.stderr) as bar:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                s = seqs[i]
-                ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
-                mask[row, width - len(s):] = 1
+            ids, mask = hf.left_pad([seqs[i] for i in idx], pad_id)
             pos = hf.positions(mask)
             h = models.final_hidden(model, ids.to(device), mask.to(device),
                                     position_ids=pos.to(device))[:, -1].float().cpu()

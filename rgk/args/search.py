@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rgk import hf, ops
-from rgk.args.cache import ForkCache
+from rgk.args.decode import _LMFork
 from rgk.args.rewards import RewardModel, RewardSource, Scores, as_source, lm_vocab
 
 
@@ -251,16 +251,10 @@ class _PlainLM:
         return out.logits[:, -1].float()
 
 
-class _ForkLM:
-    """The LM with a ForkCache (shared backbone): the candidates' forward gives both their
-    hidden states (for the head) and, at the winner, the next step's logits."""
-
-    def __init__(self, model, B, cap, k):
-        self.model, self.dec, self.lm_head = model, model.get_decoder(), model.get_output_embeddings()
-        self.cache = ForkCache.for_model(model, B, cap, k)
-
-    def prefill(self, input_ids, mask):
-        return self.lm_head(self.cache.extend(self.dec, input_ids, mask)[:, -1]).float()
+class _ForkLM(_LMFork):
+    """The LM with a ForkCache (shared backbone), driven from Python: the candidates'
+    forward gives both their hidden states (for the head) and, at the winner, the next
+    step's logits."""
 
     def fork(self, ids):
         self.hc = self.cache.fork(self.dec, ids)
@@ -269,7 +263,7 @@ class _ForkLM:
     def advance(self, index, token):
         self.cache.commit(index)
         rows = torch.arange(index.shape[0], device=index.device)
-        return self.lm_head(self.hc[rows, index]).float()
+        return self.head(self.hc[rows, index]).float()
 
 
 def _setup(model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id,
