@@ -595,41 +595,49 @@ class Bench:
         for name in (*FLOORS, PREFILL):
             print(f"  {row['case']}: {name:40s} {row['ms'][name]:10.3f} ms", flush=True)
 
-    PAIRS = (("native_shared", 0), ("native_rm", 1), ("native_vanilla", 2))
+    PAIRS = (("native_shared", 0), ("native_rm", 1), ("native_vanilla", 2), ("processor", "native_rm"))
+    PROC_BASE = f"{VARIANTS['native_rm']} (paired with the processor)"
 
     def paired(self, case, rounds: int):
         """Each measured native loop alternated with its floor `rounds` times (loop, floor,
-        loop, floor, ...): adds "<variant> (paired)" and "<floor> (paired)" ms/token (the
-        medians of their alternated calls) and the per-pair ratios to the row."""
+        loop, floor, ...), and the processor with the native separate-RM loop: adds
+        "<variant> (paired)" and "<floor> (paired)" ms/token (the medians of their
+        alternated calls; the RM loop's against the processor is PROC_BASE) and the per-pair
+        ratios to the row."""
         ns = self.ns
         row = self.row(case)
         lm, rm_model, head, _ = self.models(case.shape)
         ids, mask = self.inputs(case)
-        todo = [(key, i) for key, i in self.PAIRS if VARIANTS[key] in row["ms"]]
+        todo = [(key, b) for key, b in self.PAIRS
+                if VARIANTS[key] in row["ms"] and (isinstance(b, int) or VARIANTS[b] in row["ms"])]
         if not todo:
             return
         floors = floor_token_fns(floor_fns(lm, rm_model, head, ids, mask, ns.k, ns.new, self.dev), ns.new)
         row.setdefault("paired", {})
-        for key, i in todo:
+        for key, b in todo:
             call = self.fn(case, key)[0]
-            fl = floors[FLOORS[i]]
+            if isinstance(b, int):
+                fl, bname, fb = floors[FLOORS[b]], FLOORS[b], f"{FLOORS[b]} (paired)"
+            else:
+                other = self.fn(case, b)[0]
+                fl, bname, fb = (lambda: other(ns.new)), VARIANTS[b], self.PROC_BASE
             fl()
-            a, b = [], []
+            a, c = [], []
             for _ in range(rounds):
-                for fn, xs in ((lambda: call(ns.new), a), (fl, b)):
+                for fn, xs in ((lambda: call(ns.new), a), (fl, c)):
                     sync(self.dev)
                     t0 = time.perf_counter()
                     fn()
                     sync(self.dev)
                     xs.append(1e3 * (time.perf_counter() - t0) / ns.new)
-            va, fb = f"{VARIANTS[key]} (paired)", f"{FLOORS[i]} (paired)"
-            for name, xs in ((va, a), (fb, b)):
+            va = f"{VARIANTS[key]} (paired)"
+            for name, xs in ((va, a), (fb, c)):
                 row["ms"][name], row["rounds"][name] = _stats(xs), rounds
                 row["samples_ms"][name] = xs
                 self._record(case, name, row["ms"][name], rounds=rounds)
-            per = sorted(x / y for x, y in zip(a, b))
-            row["paired"][f"{VARIANTS[key]} / {FLOORS[i]}"] = dict(median=_stats(per), ratios=per)
-            print(f"  {row['case']}: paired {VARIANTS[key]} / its floor: median {_stats(per):.3f} over {rounds} "
+            per = sorted(x / y for x, y in zip(a, c))
+            row["paired"][f"{VARIANTS[key]} / {bname}"] = dict(median=_stats(per), ratios=per)
+            print(f"  {row['case']}: paired {VARIANTS[key]} / {bname}: median {_stats(per):.3f} over {rounds} "
                   f"pairs ({va} {row['ms'][va]:.2f}, {fb} {row['ms'][fb]:.2f} ms/token)", flush=True)
 
     def _rec(self, case, name, ms, **extra):
