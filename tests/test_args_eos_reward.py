@@ -6,7 +6,7 @@ import torch
 from conftest import left_padded
 from test_args import PAD, V, DigitTokenizer, text_fn, tiny_lm
 
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from rgk.args import ARGSLogitsProcessor, RewardModel, TextReward, args_generate, naive_args_generate
 from rgk.models import RewardHead, RewardHeadConfig
@@ -129,19 +129,6 @@ def test_prefix_compiled_step_matches_eager(parts, source):
     b = args_generate(lm, ids, mask, loop="compiled", **kw)
     assert torch.equal(a.sequences, b.sequences)
     torch.testing.assert_close(a.rewards, b.rewards, atol=1e-5, rtol=1e-5)
-
-
-class _Force(LogitsProcessor):
-    """Forces token `tok` at generation step `step` (after ARGS): a token that was no candidate."""
-
-    def __init__(self, start, step, tok):
-        self.start, self.step, self.tok = start, step, tok
-
-    def __call__(self, input_ids, scores):
-        if input_ids.shape[1] - self.start == self.step:
-            scores = torch.full_like(scores, -float("inf"))
-            scores[:, self.tok] = 0.0
-        return scores
 
 
 @pytest.mark.parametrize("source", ["model", "text"])

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from rgk import hf, ops
 from rgk.args.cache import ForkCache
-from rgk.args.rewards import RewardModel, SharedHead, head_params
+from rgk.args.rewards import RewardModel, Scores, SharedHead, eos_prefix_scores, head_params
+from rgk.models import reward_mlp
 
 #: model_type values whose fork pass is tested (Llama, Qwen2, Mistral, Gemma, GPT-2 families)
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
@@ -107,7 +108,6 @@ class StaticDecoder:
             last = self.lm.last_hidden
         self.prefix_reward = None
         if self.eos_prefix:
-            from rgk.models import reward_mlp
             self.prefix_reward = reward_mlp(last, *self.params).float()
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.zero = torch.zeros(B, dtype=torch.long, device=dev)
@@ -136,10 +136,8 @@ class StaticDecoder:
             else:
                 hid = self.rm_cache.fork(self.rm.decoder, ids)
             if self.eos_prefix:
-                from rgk.models import reward_mlp
-                rew = reward_mlp(hid, *self.params).float()
-                if self.eos.numel():
-                    rew = torch.where(torch.isin(ids, self.eos), self.prefix_reward[:, None], rew)
+                rew = eos_prefix_scores(Scores(hidden=hid, head=self.params), ids, self.eos,
+                                        self.prefix_reward).rewards
                 tok, idx, score = ops.select_from_rewards(logp, ids, rew, reward_weight=self.w,
                                                           temperature=self.temperature, uniform=u, check=False)
             else:

@@ -32,9 +32,8 @@ import torch
 from transformers import LogitsProcessor
 
 from rgk import ops
-from rgk.args.rewards import as_source
-from rgk.args.search import (as_int, check_args_params, check_eos_reward, check_mask, eos_prefix_scores,
-                             infer_left_padding, select)
+from rgk.args.rewards import as_source, eos_prefix_scores
+from rgk.args.search import as_int, check_args_params, check_eos_reward, check_mask, infer_left_padding, select
 
 
 def _generate_frames(depth: int = 12):
@@ -189,7 +188,9 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._cand = None
         self.rebuilds += 1
 
-    def _append(self, token: torch.Tensor) -> None:
+    def _append(self, input_ids: torch.Tensor) -> None:
+        """Advance the state by the token `generate` appended (the last column of input_ids)."""
+        token = input_ids[:, -1]
         if self._len + 1 > self._cap:
             raise ValueError(f"max_cache_len: {self._cap} tokens are not enough for this generation")
         hit = self._cand == token[:, None]
@@ -201,13 +202,14 @@ class ARGSLogitsProcessor(LogitsProcessor):
             if isinstance(unfinished, torch.Tensor) and unfinished.shape == found.shape:
                 found = found | (unfinished.to(found.device) == 0)
                 break
+        slot = hit.long().argmax(-1)
+        all_found = bool(found.all())
         if self.eos_prefix:
             # the appended token's reward is the new prefix reward; a token that was not a
-            # candidate is scored in full by the caller (`_reference`)
-            self._prefix_r = self._cand_r.gather(1, hit.long().argmax(-1)[:, None])[:, 0]
-            self._prefix_stale = not bool(found.all())
-        if bool(found.all()):
-            self._pending = hit.long().argmax(-1)
+            # candidate is scored in full
+            self._prefix_r = self._cand_r.gather(1, slot[:, None])[:, 0] if all_found else self._reference(input_ids)
+        if all_found:
+            self._pending = slot
             if self._graph is None:
                 self.session.commit(self._pending, token)
                 self._pending = None
@@ -235,9 +237,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         seen = self._seen
         if seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1 \
                 and self._cand is not None and torch.equal(input_ids[:, :-1], seen):
-            self._append(input_ids[:, -1])
-            if self.eos_prefix and self._prefix_stale:
-                self._prefix_r = self._reference(input_ids)
+            self._append(input_ids)
         elif not (seen is not None and torch.equal(input_ids, seen)):
             self._rebuild(input_ids)
         self._seen = input_ids.clone()

@@ -53,6 +53,16 @@ class Scores:
     rewards: torch.Tensor | None = None                # [B, k] fp32
 
 
+def eos_prefix_scores(scores: Scores, ids: torch.Tensor, eos: torch.Tensor, prefix_reward: torch.Tensor) -> Scores:
+    """`scores` as rewards [B, k] in which every EOS candidate gets its row's prefix reward
+    [B] (the `eos_reward="prefix"` option; static shapes, no host sync)."""
+    from rgk.models import reward_mlp
+    r = scores.rewards.float() if scores.rewards is not None else reward_mlp(scores.hidden, *scores.head).float()
+    if eos.numel():
+        r = torch.where(torch.isin(ids, eos), prefix_reward.float().to(r.device)[:, None], r)
+    return Scores(rewards=r)
+
+
 class RewardSource:
     """Base class of ARGS reward sources (see the module docstring)."""
 

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from rgk import hf, ops
 from rgk.args.decode import _LMFork
-from rgk.args.rewards import RewardModel, RewardSource, Scores, as_source, lm_vocab
+from rgk.args.rewards import RewardModel, RewardSource, Scores, as_source, eos_prefix_scores, lm_vocab
 
 
 @dataclass
@@ -211,16 +211,6 @@ def check_eos_reward(eos_reward) -> str:
     if not isinstance(eos_reward, str) or eos_reward not in EOS_REWARDS:
         raise ValueError(f"eos_reward: expected one of {', '.join(map(repr, EOS_REWARDS))}, got {eos_reward!r}")
     return eos_reward
-
-
-def eos_prefix_scores(scores: Scores, ids: torch.Tensor, eos: torch.Tensor, prefix_reward: torch.Tensor) -> Scores:
-    """`scores` as rewards [B, k] in which every EOS candidate gets its row's prefix reward
-    [B] (the `eos_reward="prefix"` option)."""
-    from rgk.models import reward_mlp
-    r = scores.rewards.float() if scores.rewards is not None else reward_mlp(scores.hidden, *scores.head)
-    if eos.numel():
-        r = torch.where(torch.isin(ids, eos), prefix_reward.float().to(r.device)[:, None], r)
-    return Scores(rewards=r)
 
 
 # ----------------------------------------------------------------------------- LM drivers
