@@ -265,6 +265,8 @@ def resolve(ns, ap):
             ap.error(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(ns, name)}")
     if ns.warmup_new < 0:
         ap.error(f"--warmup-new: expected >= 0, got {ns.warmup_new}")
+    if ns.paired < 0:
+        ap.error(f"--paired: expected a number of alternations >= 0, got {ns.paired}")
     if ns.budget < 0 or not math.isfinite(ns.budget):
         ap.error(f"--budget: expected seconds >= 0, got {ns.budget}")
     if ns.layers is not None and ns.layers < 1:

@@ -77,6 +77,7 @@ def test_gpu_mode_settings():
     (["--batch", "0"], "--batch: expected integers >= 1"),
     (["--new", "0"], "--new: expected >= 1"),
     (["--budget", "-1"], "--budget"),
+    (["--paired", "-1"], "--paired: expected"),
     (["--shapes", "llama-3.2-1b"], "pass --random-weights"),
     (["--variants", "nothing-like-this"], "--variants"),
     (["--device", "tpu"], "--device"),
