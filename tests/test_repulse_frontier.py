@@ -3,25 +3,17 @@ run end to end on a tiny model (train, evaluate, resume from its caches), and th
 the matched-reward interpolation and the plot on hand-made points."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from _bench import load_bench
 from _tiny_model import save_tiny_head, save_tiny_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def fr():
-    spec = importlib.util.spec_from_file_location("repulse_frontier", ROOT / "benchmarks" / "repulse_frontier.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["repulse_frontier"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("repulse_frontier")
 
 
 def test_interp_by_hand(fr):

@@ -63,10 +63,14 @@ def add_parsers(subparsers) -> None:
                    help="heldout: the 799 evaluation prompts; train: the 400 editor-training prompts (development)")
     d.add_argument("--max-new-tokens", type=int_at_least(1), default=20)
     d.add_argument("--batch-size", type=int_at_least(1), default=32)
-    d.add_argument("--k", type=int_at_least(1), default=10)
+    d.add_argument("--k", type=int_at_least(1), nargs="+", default=[10],
+                   help="ARGS-detox candidate counts (one row per k and w)")
     d.add_argument("--w", type=finite_float(), nargs="+", default=[1.0, 2.0, 4.0], help="ARGS-detox weights")
-    d.add_argument("--combo-w", type=finite_float(), default=2.0, help="w of the ARGS + ARGRE row")
-    d.add_argument("--no-combo", action="store_true", help="skip the ARGS + ARGRE row")
+    d.add_argument("--combo-w", type=finite_float(), nargs="+", default=[2.0], help="w of the ARGS + ARGRE rows")
+    d.add_argument("--combo-k", type=int_at_least(1), default=None, help="k of the ARGS + ARGRE rows (default: first --k)")
+    d.add_argument("--no-combo", action="store_true", help="skip the ARGS + ARGRE rows")
+    d.add_argument("--no-argre", action="store_true",
+                   help="skip the two ARGRE-only rows (a development sweep of ARGS-detox)")
     d.add_argument("--tox-head", type=head_path, default=str(TOX_HEAD),
                    help="toxicity reward head (reward = logit P(non-toxic))")
     d.add_argument("--editor", default=None, help="ARGRE editor prefix (default: the shipped editor)")
@@ -154,12 +158,18 @@ def _detox(ns) -> int:
         raise FileNotFoundError(f"--judge: {str(e).split(': ', 1)[1]}") from None
     rep = detox_eval(tox_head=tox, n_prompts=ns.n_prompts, split=ns.prompts, max_new_tokens=ns.max_new_tokens,
                      batch_size=ns.batch_size, k=ns.k, ws=ns.w, combo_w=None if ns.no_combo else ns.combo_w,
+                     combo_k=ns.combo_k, argre=not ns.no_argre,
                      editor=None if ns.editor in (None, "default") else ns.editor, judge=judge,
                      ppl_windows=ns.ppl_windows, ppl_window=ns.ppl_window, seed=ns.seed, n_boot=ns.n_boot,
                      model_name=ns.model, data_dir=ns.data_dir, progress=not ns.no_progress, command=_command(ns),
                      tox_head_path=ns.tox_head, timing_repeats=ns.timing_repeats,
                      timing_prompts=ns.timing_prompts)
     write_detox_report(rep, files)
+    if ns.prompts == "train":
+        from rgk.eval.detox_eval import select_setting
+        sel = select_setting(rep)
+        print("development choice: " + ("none inside the perplexity budget" if sel is None else
+                                        f"k={sel['k']} w={sel['w']:g}"))
     print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 
