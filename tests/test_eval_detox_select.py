@@ -116,3 +116,28 @@ def test_report_states_floors_and_share_target(tmp_path):
     assert "share > 0.5 instead of the mean: ARGS-detox k=5 w=2." in md
     assert "Development choice" in md and "**k=5, w=2**" in md
     assert json.loads(files[0].read_text())["judge_floor"]["n_texts"] == 124
+
+
+def test_cli_passes_the_grid_and_prints_the_development_choice(tmp_path, monkeypatch, capsys):
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_cli import run
+
+    from rgk.eval import judges
+    seen = {}
+
+    def fake_eval(**kw):
+        seen.update(kw)
+        return {"variants": [_row("greedy (unedited)", "greedy", 0, 0, 0),
+                             _row("ARGS-detox k=5 w=2", "args", 0.5, 0.3, 0.2, k=5, w=2.0)]}
+    monkeypatch.setattr(D, "detox_eval", fake_eval)
+    monkeypatch.setattr(D, "write_detox_report", lambda rep, files: None)
+    monkeypatch.setattr(judges.PerspectiveJudge, "load", classmethod(lambda cls, p=None: "judge"))
+    code, out, err = run(["eval", "detox", "--prompts", "train", "--k", "3", "5", "--w", "1", "2", "--combo-k", "5",
+                          "--combo-w", "1", "2", "--no-argre", "--out", str(tmp_path / "dev")], capsys)
+    assert code == 0, err
+    assert seen["k"] == [3, 5] and seen["ws"] == [1.0, 2.0] and seen["combo_w"] == [1.0, 2.0]
+    assert seen["combo_k"] == 5 and seen["argre"] is False and seen["split"] == "train"
+    assert "development choice: k=5 w=2" in out
+    code, out, err = run(["eval", "detox", "--k", "0"], capsys)
+    assert code == 2 and "--k" in err

@@ -350,6 +350,11 @@ def plot_detox(rep: dict, png) -> None:
         b = vs[0]["metrics"]
         ax.axvline(b["cont_ppl"] * (1 + TARGET_PPL), ls="--", c="#d62", lw=0.8)
         ax.axhline(b[key] * (1 - TARGET_CUT), ls="--", c="#d62", lw=0.8)
+        floor = (rep.get("judge_floor") or {}).get(key)
+        if floor is not None:
+            ax.axhline(floor, ls=":", c="#555", lw=0.9)
+            ax.annotate("clean human text (floor)", (0.02, floor), xycoords=("axes fraction", "data"), fontsize=7,
+                        xytext=(0, 2), textcoords="offset points", color="#555").set_in_layout(False)
         ax.set_xscale("log")
         ax.set_xlabel("continuation perplexity (unedited model, log scale)")
         ax.set_ylabel(f"mean toxicity ({name})")
@@ -360,7 +365,7 @@ def plot_detox(rep: dict, png) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ms per generated token")
     fig.suptitle(f"{rep['config']['n_prompts']} RTP challenging prompts ({rep['config']['split']}), "
-                 f"{rep['config']['max_new_tokens']} tokens; dashed: target box (−50% toxicity, +25% ppl)",
+                 f"{rep['config']['max_new_tokens']} tokens; dashed: target box (−50% toxicity, +25% ppl); dotted: judge floor",
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
