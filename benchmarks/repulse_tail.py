@@ -272,7 +272,8 @@ def report(ns, samples: dict[str, dict], res: dict, command: str) -> None:
         e = res["vs_rloo"][m][k]
         return f"{f.format(e['diff'])} [{f.format(e['lo'])}, {f.format(e['hi'])}]" + ("*" if e["significant"] else "")
 
-    L = [f"Command: `{command}`", "",
+    L = [f"Command: `{command}`" + (" (this report redrawn from its cached samples with `--report-only`)"
+                                     if ns.report_only else ""), "",
          f"Final (step-{_steps(ns)}) policies of seed {ns.seed} and the unedited model, each sampled "
          f"{res['samples_per_prompt']}× (temperature 1, {ns.max_new_tokens} new tokens) on held-out RTP challenging "
          f"prompts {ns.prompt_start}..{ns.prompt_start + res['n_prompts'] - 1} (not used by the frontier "
@@ -314,7 +315,8 @@ def _steps(ns) -> str:
 
 def main(argv=None) -> int:
     ns = _args(argv)
-    command = "python benchmarks/repulse_tail.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    args = [a for a in (argv or sys.argv[1:]) if a != "--report-only"]   # the command that drew the samples
+    command = "python benchmarks/repulse_tail.py " + " ".join(shlex.quote(a) for a in args)
     samples = collect(ns)
     res = analyse(samples, ns.quantiles, ns.n_boot)
     report(ns, samples, res, command)

@@ -80,6 +80,8 @@ def test_report_from_cached_samples(rt, tmp_path):
             "--n-boot", "200"]
     assert rt.main(argv) == 0
     md = (out / "tail.md").read_text()
+    assert "--report-only`)" in md and "Command: `python benchmarks/repulse_tail.py --runs" in md
+    assert json.loads((out / "tail.json").read_text())["command"].count("--report-only") == 0
     assert "Final (step-24) policies" in md and "| RePULSe |" in md and "Difference against RLOO" in md
     assert md.count("| RLOO |") == 1                     # not compared with itself
     data = json.loads((out / "tail.json").read_text())
