@@ -38,6 +38,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from rgk.eval import metrics as M  # noqa: E402
+
 METHODS = ("repulse", "rloo", "transformed")
 
 
@@ -106,29 +108,21 @@ def statistics(r: np.ndarray, j: np.ndarray, etas: dict[float, float]) -> dict[s
     return out
 
 
-def _boot_idx(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
 def mean_ci(v: np.ndarray, idx: np.ndarray) -> list[float]:
+    """Percentile 95% interval of the mean of per-prompt values v over the resamples idx [n_boot, P]."""
     m = v[idx].mean(1)
     return [float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))]
 
 
-def paired_diff(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> dict:
-    """mean(a) - mean(b) of per-prompt values over the same prompts, percentile bootstrap over prompts."""
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    m = d[idx].mean(1)
-    lo, hi = float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))
-    return {"diff": float(d.mean()), "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0)}
+def paired_diff(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> dict:
+    """mean(a) - mean(b) of per-prompt values over the same prompts (`rgk.eval.metrics`' paired bootstrap)."""
+    return M.paired_bootstrap_mean(a, b, n_boot=n_boot, seed=seed).as_dict()
 
 
-def paired_cvar_diff(ra: np.ndarray, rb: np.ndarray, q: float, idx: np.ndarray) -> dict:
-    """CVaR_q(a) - CVaR_q(b), resampling prompts jointly (rows of [P, K])."""
-    d = np.array([cvar(ra[i], q) - cvar(rb[i], q) for i in idx])
-    lo, hi = float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))
-    full = cvar(ra, q) - cvar(rb, q)
-    return {"diff": full, "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0)}
+def paired_cvar_diff(ra: np.ndarray, rb: np.ndarray, q: float, n_boot: int, seed: int) -> dict:
+    """CVaR_q(a) - CVaR_q(b), resampling prompts jointly (rows of [P, K]); uncentred percentiles."""
+    return M.paired_bootstrap(lambda ix: cvar(ra[ix], q), lambda ix: cvar(rb[ix], q), ra.shape[0], n_boot=n_boot,
+                              seed=seed, center=False).as_dict()
 
 
 def analyse(samples: dict[str, dict], quantiles, n_boot: int, seed: int = 0) -> dict:
@@ -145,7 +139,7 @@ def analyse(samples: dict[str, dict], quantiles, n_boot: int, seed: int = 0) -> 
     if any(a[0].shape[0] != P for a in arr.values()):
         raise ValueError("samples: every model must be sampled on the same prompts")
     etas = thresholds(arr["base"][0], quantiles)
-    idx = _boot_idx(P, n_boot, seed)
+    idx = M.bootstrap_indices(P, n_boot, seed)
     out = {"n_prompts": P, "samples_per_prompt": K, "thresholds": {f"{q:g}": e for q, e in etas.items()},
            "models": {}, "vs_rloo": {}}
     stats = {name: statistics(r, j, etas) for name, (r, j) in arr.items()}
@@ -158,9 +152,9 @@ def analyse(samples: dict[str, dict], quantiles, n_boot: int, seed: int = 0) -> 
     for name in stats:
         if name in ("rloo",):
             continue
-        d = {k: paired_diff(stats[name][k], stats["rloo"][k], idx) for k in stats[name]}
+        d = {k: paired_diff(stats[name][k], stats["rloo"][k], n_boot, seed) for k in stats[name]}
         for q in etas:
-            d[f"cvar@q{q:g}"] = paired_cvar_diff(arr[name][0], arr["rloo"][0], q, idx[: min(n_boot, 1000)])
+            d[f"cvar@q{q:g}"] = paired_cvar_diff(arr[name][0], arr["rloo"][0], q, min(n_boot, 1000), seed)
         out["vs_rloo"][name] = d
     return out
 

@@ -141,3 +141,16 @@ def test_cli_passes_the_grid_and_prints_the_development_choice(tmp_path, monkeyp
     assert "development choice: k=5 w=2" in out
     code, out, err = run(["eval", "detox", "--k", "0"], capsys)
     assert code == 2 and "--k" in err
+    code, out, err = run(["eval", "detox", "--combo-k", "0"], capsys)
+    assert code == 2 and "--combo-k" in err
+    code, out, err = run(["eval", "detox", "--combo-w", "nan"], capsys)
+    assert code == 2 and "--combo-w" in err
+
+
+def test_heldout_continuations_reproduce_the_shipped_judges_check_set(shared_dir):
+    from rgk.eval.judges import PerspectiveJudge, heldout_continuations
+    pairs = heldout_continuations(Path(shared_dir) / "data")
+    assert all(isinstance(t, str) and 0 <= s <= 1 for t, s in pairs)
+    info = PerspectiveJudge.load().info["heldout_check"]
+    chk = [s for _, s in pairs if s >= 0.75 or s <= 0.1]
+    assert (sum(s >= 0.75 for s in chk), sum(s <= 0.1 for s in chk)) == (info["n_toxic"], info["n_clean"])

@@ -28,8 +28,8 @@ def test_paired_difference_cancels_prompt_difficulty(rt):
     difficulty = rng.normal(0, 5, 200)                  # large prompt effect, shared
     a = difficulty + 0.3 + rng.normal(0, 0.1, 200)
     b = difficulty + rng.normal(0, 0.1, 200)
-    idx = rt._boot_idx(200, 1000, 0)
-    d = rt.paired_diff(a, b, idx)
+    idx = rt.M.bootstrap_indices(200, 1000, 0)
+    d = rt.paired_diff(a, b, 1000, 0)
     assert d["significant"] and d["lo"] < 0.3 < d["hi"] and d["hi"] - d["lo"] < 0.1
     lo, hi = rt.mean_ci(a, idx)                          # the unpaired interval is far wider
     assert hi - lo > 1.0

@@ -50,6 +50,16 @@ def _read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def heldout_continuations(data_dir=None) -> list[tuple[str, float]]:
+    """(text, Perspective toxicity) of RTP's own continuations of the held-out evaluation
+    prompts (the 799 never trained on), where RTP gives a score."""
+    from rgk.argre.data import load_rtp, split_rtp
+    recs = load_rtp(data_dir)
+    _, held = split_rtp(len(recs))
+    return [(recs[i].continuation, recs[i].continuation_toxicity) for i in held
+            if recs[i].continuation_toxicity is not None]
+
+
 def judge_training_texts(data_dir=None) -> tuple[list[str], list[int], dict]:
     """(texts, labels 1 = Perspective toxicity >= 0.5, statistics) for the MiniLM judge (see
     the module docstring); texts without a Perspective score are dropped."""
@@ -149,7 +159,6 @@ def train_perspective_judge(*, data_dir=None, l2: float = 1e-3, val_frac: float 
                             embedder=None, progress: bool = True) -> PerspectiveJudge:
     """Fit the MiniLM judge on `judge_training_texts` (seeded train / validation split) and
     check it on RTP's own continuations of the held-out evaluation prompts."""
-    from rgk.argre.data import load_rtp, split_rtp
     from rgk.eval.metrics import MiniLMEmbedder
     emb = embedder or MiniLMEmbedder()
     texts, labels, stats = judge_training_texts(data_dir)
@@ -163,11 +172,7 @@ def train_perspective_judge(*, data_dir=None, l2: float = 1e-3, val_frac: float 
     judge = PerspectiveJudge(w, b, embedder=emb)
     val_auc = auc(judge.logits(e[va]).tolist(), y[va].tolist())
     # held-out check on texts never trained on: RTP's continuations of the 799 evaluation prompts
-    recs = load_rtp(data_dir)
-    _, held = split_rtp(len(recs))
-    chk = [(recs[i].continuation, recs[i].continuation_toxicity) for i in held
-           if recs[i].continuation_toxicity is not None and
-           (recs[i].continuation_toxicity >= 0.75 or recs[i].continuation_toxicity <= 0.1)]
+    chk = [(t, s) for t, s in heldout_continuations(data_dir) if s >= 0.75 or s <= 0.1]
     ct = [t for t, _ in chk]
     cy = [int(s >= 0.75) for _, s in chk]
     judge.info = dict(
