@@ -19,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <tuple>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -444,6 +445,15 @@ at::Tensor argre_refine_cuda(const at::Tensor& h_in, const at::Tensor& w1_in, co
 }
 
 // ------------------------------------------------------------------ registration
+// The architectures this library carries, in rgk.ops._build.arch_token's form (sm80_sm90a_ptx90),
+// passed by the build as -DRGK_ARCHS=<token>; rgk.ops._backend reads it to decide, per device,
+// whether this library can serve it (else Triton, never "no kernel image").
+#ifndef RGK_ARCHS
+#define RGK_ARCHS unknown
+#endif
+#define RGK_STR2(x) #x
+#define RGK_STR(x) RGK_STR2(x)
+
 TORCH_LIBRARY(rgk, m) {
   m.def("topk_logprobs(Tensor logits, int k) -> (Tensor, Tensor)");
   m.def("fork_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor k_new, Tensor v_new, Tensor cache_start, "
@@ -464,6 +474,8 @@ TORCH_LIBRARY_IMPL(rgk, CUDA, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rgk CUDA kernels; the ops are registered as torch.ops.rgk.*, the functions below call the same "
             "implementations without the dispatcher";
+  m.def("cuda_arch_list", []() { return std::string(RGK_STR(RGK_ARCHS)); },
+        "the architectures compiled in (rgk.ops._build.arch_token form, or 'unknown')");
   m.def("topk_logprobs", &topk_logprobs_cuda, "topk_logprobs(logits, k) -> (logp, ids)");
   m.def("fork_attention", &fork_attention_cuda,
         "fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, max_valid_len=0) -> out",

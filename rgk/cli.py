@@ -1,4 +1,4 @@
-"""`rgk` command line: demo, generate, train-reward-head, argre, eval ...
+"""`rgk` command line: demo, generate, train-reward-head, argre, eval, doctor ...
 
 Every error is one line on stderr, `rgk: error: <message>`, and exit status 2 (argument
 errors from argparse too); an interrupt exits with 130.  RGK_DEBUG=1 re-raises errors
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("rgk.repulse.cli", fromlist=["add_parsers"]).add_parsers(sub)   # repulse train | eval
     from rgk.eval import cli as eval_cli
     eval_cli.add_parsers(sub)            # eval args | detox | eos-probe | train-judge
+    from rgk import doctor
+    doctor.add_parser(sub)               # doctor
     return parser
 
 

@@ -35,15 +35,9 @@ ALLOWED = re.compile(r"^(cuda_runtime(_api)?\.h|cuda_bf16\.h|cuda_fp16\.h|cub/.+
                      r"|c(stdint|stddef|stdio|stdlib|math|float|limits|string)|type_traits|utility|limits)$")
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.M)
 
-SCHEMAS = [
-    "topk_logprobs(Tensor logits, int k) -> (Tensor, Tensor)",
-    "fork_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor k_new, Tensor v_new, Tensor cache_start, "
-    "Tensor cache_end, float scale, int max_valid_len=0) -> Tensor",
-    "reward_select(Tensor hidden, Tensor logp, Tensor ids, Tensor w1, Tensor b1, Tensor? w2, Tensor? b2, "
-    "float reward_weight, float temperature, Tensor? uniform) -> (Tensor, Tensor, Tensor, Tensor)",
-    "argre_refine(Tensor h, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor direction, float r_plus, "
-    "float beta, int n_steps, float step_size) -> Tensor",
-]
+from rgk.ops._schemas import SCHEMAS as _SCHEMAS  # noqa: E402
+
+SCHEMAS = list(_SCHEMAS.values())
 
 
 def includes(path, seen=None):

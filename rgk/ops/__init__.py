@@ -229,7 +229,7 @@ def topk_logprobs(logits: torch.Tensor, k: int, *, check: bool = True) -> tuple[
         _check_float("logits", logits, 2)
     B, V = logits.shape
     k = _as_int("k", k, 1, V, " (the vocabulary size)" if V else " (logits has no columns)")
-    backend = route("topk_logprobs", logits.device.type, B=B, V=V, k=k, dtype=logits.dtype)
+    backend = route("topk_logprobs", logits.device, B=B, V=V, k=k, dtype=logits.dtype)
     if backend == "cuda":
         return torch.ops.rgk.topk_logprobs(logits, k)
     if backend == "triton":
@@ -319,7 +319,7 @@ def fork_attention(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, sc
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not verified:
         verified = reference.verify_valid_len(cache_end, n)
-    backend = route("fork_attention", q.device.type, B=B, Hq=Hq, Hkv=k_cache.shape[1], K=K, D=D, L=L,
+    backend = route("fork_attention", q.device, B=B, Hq=Hq, Hkv=k_cache.shape[1], K=K, D=D, L=L,
                     dtype=q.dtype)
     if backend == "cuda":  # the kernels take the bound as a work-sizing hint only
         return torch.ops.rgk.fork_attention(q, k_cache, v_cache, k_new, v_new,
@@ -372,7 +372,7 @@ def reward_select(hidden, logp, ids, w1, b1, w2=None, b2=None, *, reward_weight,
     reward_weight, temperature, u = _choice_scalars(B, reward_weight, temperature, uniform, check, logp)
     w1, b1, w2, b2 = _fp32(w1, b1, w2, b2)
     logp = logp.float()
-    backend = route("reward_select", hidden.device.type, B=B, K=K, d=d, m=w1.shape[0], mlp=w2 is not None,
+    backend = route("reward_select", hidden.device, B=B, K=K, d=d, m=w1.shape[0], mlp=w2 is not None,
                     hidden_dtype=hidden.dtype)
     if backend == "cuda":
         return torch.ops.rgk.reward_select(hidden, logp, ids, w1, b1, w2, b2, reward_weight, temperature, u)
@@ -432,7 +432,7 @@ def argre_refine(h, w1, b1, w2, b2, direction, r_plus, *, beta=1.0, n_steps=5, s
     w1, b1, w2, b2, direction = _fp32(w1, b1, w2, b2, direction)
     m = w1.shape[0]
     kw = dict(beta=beta, n_steps=n_steps, step_size=step_size)
-    backend = route("argre_refine", h.device.type, B=B, d=d, m=m, h_dtype=h.dtype)
+    backend = route("argre_refine", h.device, B=B, d=d, m=m, h_dtype=h.dtype)
     if backend == "cuda":
         return torch.ops.rgk.argre_refine(h, w1, b1, w2, b2, direction, r_plus, beta, n_steps, step_size)
     if backend == "triton":

@@ -1,10 +1,15 @@
 """Fake (meta) kernels of the torch.ops.rgk.* CUDA ops: output shapes and dtypes only, so
-torch.compile can trace through them.  Imported by `rgk.ops._backend.cuda_ext()` right after
-the extension that defines the ops is loaded (registering a fake needs the op to exist).
-Outputs are contiguous, like the CUDA implementations'."""
+torch.compile and FakeTensorMode can trace through them.  Imported by the library's loader
+(`rgk._C`) right after the library that defines the ops is loaded (registering a fake needs
+the op to exist), so `import torch, rgk._C` is enough; `rgk.ops._backend.cuda_ext()` and the
+JIT build import it too.  Outputs are contiguous, like the CUDA implementations'.
+
+SCHEMAS (rgk.ops._schemas): the op schemas these fakes stand for."""
 from __future__ import annotations
 
 import torch
+
+from ._schemas import SCHEMAS  # noqa: F401,E402  (re-exported)
 
 
 @torch.library.register_fake("rgk::topk_logprobs")

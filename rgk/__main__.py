@@ -1,0 +1,6 @@
+"""`python -m rgk ...` is the `rgk` command."""
+import sys
+
+from rgk.cli import main
+
+sys.exit(main())
