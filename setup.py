@@ -52,6 +52,8 @@ def _cuda_extensions():
         if force:
             raise RuntimeError("RGK_FORCE_CUDA=1 but torch is not importable in the build environment; "
                                "install torch first and build with pip install --no-build-isolation")
+        _say("torch is not importable here (an isolated build?): building the pure-Python package; for the "
+             "CUDA library use pip install --no-build-isolation with your CUDA torch installed")
         return [], {}
     if torch.version.cuda is None:
         if force:
@@ -97,5 +99,4 @@ def _cuda_extensions():
 
 
 ext_modules, cmdclass = _cuda_extensions()
-setup(packages=packages, package_data=package_data,
-      include_package_data=True, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=packages, package_data=package_data, ext_modules=ext_modules, cmdclass=cmdclass)

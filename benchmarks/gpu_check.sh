@@ -16,7 +16,7 @@
 #   stage                 quick  full  needs GPU  what
 #   env                       5    10  no         environment report, CUDA device detection
 #   build                    60   100  yes        RGK_FORCE_CUDA=1 pip install --no-build-isolation
-#                                                 --no-deps -e . (MAX_JOBS=nproc, RGK_CUDA_ARCHS=90a);
+#                                                 --no-deps -e . (MAX_JOBS=nproc, archs: the GPU's own);
 #                                                 if that fails, the JIT build (RGK_JIT=1, rgk/ops/_jit.py)
 #   tests                    50   120  yes        quick: the four ops' tests + the CUDA capture rule,
 #                                                 full: tests/ -m "not slow"; RGK_GPU_TESTS=1, pytest -n auto
@@ -59,7 +59,7 @@
 # Switches: RGK_CHECK_BUILD=pip|jit (first build to try, default pip), RGK_CHECK_SKIP="tests
 # sanitize ..." (stages to skip), RGK_CHECK_DEADLINE (seconds), RGK_CHECK_NO_GPU=1 (behave as on
 # a machine without a CUDA device), RGK_CHECK_XDIST (pytest -n value, default auto), MAX_JOBS
-# (compile jobs, default nproc), RGK_CUDA_ARCHS (default 90a), PYTHON (default python3),
+# (compile jobs, default nproc), TORCH_CUDA_ARCH_LIST (default: the visible GPU's), PYTHON (default python3),
 # RGK_ARGS_E2E_FLAGS (extra flags for bench_args_e2e.py in its stage, e.g. "--repeats 1").
 # Each stage sees its limit in seconds as RGK_STAGE_LIMIT.
 # Test hook (tests/test_gpu_check.py): RGK_GPU_CHECK_TEST_SLEEP_STAGE=<stage> replaces that
@@ -158,13 +158,14 @@ print('extension loaded:', m.__name__, getattr(m, '__file__', ''))"
 stage_build() {
   local t0 rc
   t0=$(date +%s)
-  echo "MAX_JOBS=$MAX_JOBS RGK_CUDA_ARCHS=$RGK_CUDA_ARCHS"
+  echo "MAX_JOBS=$MAX_JOBS TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-unset, the visible GPUs}"
   if [[ ${RGK_CHECK_BUILD:-pip} != jit ]]; then
     RGK_FORCE_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . && ext_ok
     rc=$?
     if (( rc == 0 )); then
       echo pip > "$WORK/build_mode"
       echo "build: pip install -e . built rgk._C in $(( $(date +%s) - t0 ))s"
+      "$PY" -m rgk.doctor || true
       return 0
     fi
     echo "build: the pip build failed (exit $rc) after $(( $(date +%s) - t0 ))s; trying the JIT build"
@@ -175,6 +176,7 @@ stage_build() {
   if RGK_JIT=1 "$PY" -c "from rgk.ops import _jit; print(_jit.load(verbose=True))" && RGK_JIT=1 ext_ok; then
     echo jit > "$WORK/build_mode"
     echo "build: JIT build of rgk._C done in $(( $(date +%s) - t0 ))s"
+    RGK_JIT=1 "$PY" -m rgk.doctor || true
     return 0
   fi
   echo none > "$WORK/build_mode"
@@ -317,11 +319,11 @@ PY=${PYTHON:-$(command -v python3 || command -v python)}
 export ROOT MODE WORK OUT STAMP PY HAVE_GPU PYTHONUNBUFFERED=1
 export RGK_BENCH_RECORDS=$WORK/records.jsonl
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export RGK_CUDA_ARCHS=${RGK_CUDA_ARCHS:-90a}
 [[ $MODE == quick ]] && export RGK_BENCH_QUICK=1
 # compute-sanitizer ships with the toolkit but is not always on PATH
 if ! command -v compute-sanitizer >/dev/null; then
-  for d in "${CUDA_HOME:-}" "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")" /usr/local/cuda; do
+  for d in "${CUDA_HOME:-}" "$("$PY" -c 'import runpy; print(runpy.run_path("rgk/ops/_build.py")["find_cuda_home"]())' 2>/dev/null)" \
+           "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /x/x)")")" /usr/local/cuda; do
     [[ -n "$d" && -x "$d/bin/compute-sanitizer" ]] && export PATH="$PATH:$d/bin" && break
     [[ -n "$d" && -x "$d/compute-sanitizer/compute-sanitizer" ]] && export PATH="$PATH:$d/compute-sanitizer" && break
   done

@@ -44,9 +44,21 @@ integer specialisation (RGK_TRITON_AOT=full compiles all 403).
 Checks.  Every selected configuration must compile (the test fails with the compiler's
 message otherwise), fit an H100's per-block shared memory and register file (what Triton
 checks when it loads the cubin, raising OutOfResources at the first launch), and spill at
-most SPILL_LIMIT bytes per thread — generous: the wrappers choose their tiles so as not to
-spill, and any spill at all is reported as a warning.
+most SPILL_LIMIT bytes per thread with no local memory in the PTX (see SPILLS below); any
+spill at all is reported as a warning.
 Registers, spills, stack and shared memory per configuration are printed (pytest -s or -rP).
+
+SPILLS.  With Triton 3.9's ptxas one or two configurations report an 8-byte stack frame with
+8 bytes of spill stores/loads (which one moves with the dtype rotation: topk_logprobs bf16
+SPLIT=32 K_PAD=16 in one run, fork_attention fp16 D=64 BLOCK_M=16 SPLIT=16 at 72 registers
+in another).  That is not register pressure (those kernels use 72-112 of the 255 registers a
+thread may have at 4 warps) and not the kernel's own local memory: the PTX Triton emits has
+no .local array and no call (checked below for every configuration: `ptx_local`).  It is
+ptxas parking one 64-bit value (a pointer or a 64-bit offset live across the split loop) in
+the stack frame, an L1-resident 8 bytes per thread, loaded once per loop trip: immeasurable
+beside the tile loads.  So the test allows exactly that much (SPILL_LIMIT = 8 bytes, PTX
+without local memory), still reports it as a warning, and fails on anything more: a real
+spill from a tile choice that is too large shows tens to hundreds of bytes.
 
 Everything runs in a subprocess (this file, run as a script) with TRITON_INTERPRET unset,
 so `@triton.jit` gives real JITFunctions and nothing leaks into the rest of the suite; the
@@ -85,7 +97,7 @@ KERNELS = {  # module under rgk.kernels -> kernel
 FORK_SPLIT_SRC = "want = max(1, min(triton.cdiv(2 * _sm_count(device), tiles), 32))"
 H100_MAX_SHARED = 232448  # bytes of shared memory per block (opt-in), as Triton's driver reports it
 H100_MAX_REGS = 65536  # 32-bit registers per block
-SPILL_LIMIT = 256  # bytes per thread (ptxas -v "spill stores"); 8 at most in Triton 3.9
+SPILL_LIMIT = 8  # bytes per thread (ptxas -v "spill stores"): one 64-bit value; see SPILLS
 TIMEOUT_S = {"cover": 300, "dtypes": 900, "full": 2400}  # seconds, for two cores
 
 
@@ -147,6 +159,9 @@ def test_triton_kernels_compile_for_sm90(tmp_path):
     unloadable = [r for r in rows if r["ok"] and (r["smem"] > H100_MAX_SHARED
                                                    or (r["regs"] or 0) * r["num_warps"] * 32 > H100_MAX_REGS)]
     heavy = [r for r in spilling if max(r["spill_stores"], r["spill_loads"]) > SPILL_LIMIT]
+    local = [r for r in rows if r["ok"] and r.get("ptx_local")]
+    assert not local, "Triton kernels whose PTX uses local memory or calls (a dynamically indexed array?): " + \
+        "; ".join(f"{r['kernel']} [{r['dtype']}, {r['label']}]" for r in local)
     assert not failed, f"{len(failed)} of {len(rows)} Triton kernel configurations fail to compile for sm_90:\n" + \
         "\n".join(f"--- {r['kernel']} [{r['dtype']}, num_warps={r['num_warps']}, {r['label']}]\n{r['error']}"
                   for r in failed)
@@ -383,6 +398,7 @@ def _compile(spec: str) -> dict:
             kernel = kernels[json.loads(spec)["name"]].preload(spec)
         res["ok"] = True
         res["smem"] = kernel.metadata.shared
+        res["ptx_local"] = bool(re.search(r"\.local\b|\bcall(\.uni)?\s", kernel.asm["ptx"]))
         text = log.getvalue()
         regs = re.search(r"Used (\d+) registers", text)
         frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
