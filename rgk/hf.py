@@ -73,3 +73,90 @@ def check_cache_filled(cache, n_expected: int, where: str) -> None:
         raise RuntimeError(f"{where}: the KV cache holds {int(got)} positions after a forward of "
                            f"{n_expected}; the model did not use the cache it was given (a transformers "
                            "version whose forward names the cache differently?)")
+
+
+# ----------------------------------------------------------------------------- next-token logits
+class _HiddenPassthrough(torch.nn.Module):
+    """Stands in for a causal LM's decoder: returns the hidden states it is given as
+    `inputs_embeds`, so the LM's own forward computes its logits from them."""
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
+        return _DecoderOutput(inputs_embeds)
+
+
+class _DecoderOutput:
+    """A decoder's output holding only the final hidden states: any other field a causal
+    LM's forward reads (past_key_values, attentions, router logits, ...) is None."""
+
+    def __init__(self, hidden):
+        self.last_hidden_state = hidden
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return None
+
+    def __getitem__(self, i):
+        return (self.last_hidden_state,)[i]
+
+
+def _decoder_attr(model) -> str | None:
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for name, child in model.named_children():
+        if child is dec:
+            return name
+    return None
+
+
+_LOGITS_FNS: "weakref.WeakKeyDictionary" = None  # type: ignore[assignment]
+
+
+def logits_fn(model):
+    """A function hidden [B, d] -> next-token logits [B, V] (fp32) that computes them the way
+    `model`'s own forward does: its output head and whatever its forward applies after it
+    (Gemma 2/3's final soft-cap, Cohere's logit_scale, Granite's logits_scaling, ...).
+
+    The model's forward is reused, not re-implemented: a shallow copy of the LM whose decoder
+    is a pass-through runs the LM's forward on the hidden states.  When that equals the plain
+    output head on a random probe (no tail), the head alone is used (one matmul, no Python
+    overhead).  Computed once per model.  ValueError when the forward cannot be reused."""
+    import weakref
+    global _LOGITS_FNS
+    if _LOGITS_FNS is None:
+        _LOGITS_FNS = weakref.WeakKeyDictionary()
+    fn = _LOGITS_FNS.get(model)
+    if fn is not None:
+        return fn
+    head = model.get_output_embeddings()
+    mt = getattr(text_config(model), "model_type", type(model).__name__)
+    if head is None:
+        raise ValueError(f"model: {type(model).__name__} ({mt}) has no output head (get_output_embeddings() is None)")
+    name = _decoder_attr(model)
+    tail = None
+    if name is not None:
+        import copy
+        from collections import OrderedDict
+        tail = copy.copy(model)
+        tail._modules = OrderedDict(model._modules)
+        tail._modules[name] = _HiddenPassthrough()
+    w = head.weight
+    g = torch.Generator(device="cpu").manual_seed(0)
+    probe = torch.randn(2, 1, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        plain = head(probe)[:, 0].float()
+        try:
+            full = None if tail is None else tail(inputs_embeds=probe, use_cache=False).logits[:, -1].float()
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"model: {type(model).__name__} ({mt}): rgk computes next-token logits by reusing the "
+                             f"model's forward on given hidden states, which failed ({type(e).__name__}: {e})") from e
+    if full is None:
+        raise ValueError(f"model: {type(model).__name__} ({mt}): its decoder is not a direct submodule, so rgk "
+                         "cannot reuse its forward for next-token logits")
+    if full.shape == plain.shape and torch.equal(full, plain):
+        def fn(h):
+            return head(h).float()
+    else:
+        def fn(h):
+            return tail(inputs_embeds=h[:, None], use_cache=False).logits[:, -1].float()
+    _LOGITS_FNS[model] = fn
+    return fn

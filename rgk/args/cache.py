@@ -64,24 +64,82 @@ class ForkInfo:
     start: torch.Tensor   # int32 [B]
     end: torch.Tensor     # int32 [B]
     max_valid_len: int | None = None   # host-side bound of every end[b]; None: max_len
+    calls: int = 0                     # fork attention calls (layers reached), for the check in fork
+    foreign_mask: bool = False         # an attention call got a mask other than the fork pass's placeholder
+    windows: tuple = ()                # the sliding windows attention calls were given
+
+
+# The ForkInfo of the fork pass running now, for families whose decoder layers do not hand
+# the forward's kwargs on to their attention (Falcon, StableLM): set by ForkCache.fork.
+_CURRENT: list = [None]
 
 
 def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                       rgk_fork: ForkInfo | None = None, **kwargs):
+                       rgk_fork: ForkInfo | None = None, sliding_window=None, softcap=None, s_aux=None, **kwargs):
     """`transformers` attention function for the candidate pass of a `ForkCache`.
 
     query [B, H, k, D]; key/value are the whole per-layer buffers [B, Hkv, max_len + k, D]
     returned by `ForkCache.update` in fork mode.  Returns ([B, k, H, D], None) as HF expects.
+
+    Each layer's own attention semantics, as the family passes them to its attention
+    function: `sliding_window` W (keys at cache positions > q - W, HF's sliding-window mask:
+    the candidate sits at the row's end, so the prefix starts at max(start, end - W + 1)),
+    `softcap` (tanh soft-capping of the scores, Gemma 2) and `s_aux` (attention sinks: one
+    extra logit per head in the softmax, gpt-oss).  The fused op covers windows; soft-caps
+    and sinks, and values whose head size differs from the keys' (multi-head latent attention),
+    run `fork_attention_general` (plain PyTorch).
     """
-    if rgk_fork is None:
+    info = rgk_fork if rgk_fork is not None else _CURRENT[0]
+    if info is None:
         raise RuntimeError("attention 'rgk_fork' needs the `rgk_fork=ForkInfo(...)` forward kwarg; "
                            "run candidate passes through ForkCache.fork(...)")
-    m, k = rgk_fork.max_len, query.shape[2]
-    # start <= end <= max_len hold by construction (ForkCache): no per-layer value checks
-    out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
-                             rgk_fork.start, rgk_fork.end, scaling, max_valid_len=rgk_fork.max_valid_len,
-                             check=False)
+    if not torch.compiler.is_compiling():   # a traced counter would be a guard that changes every step
+        info.calls += 1
+        if attention_mask is not None and tuple(attention_mask.shape) != (1, 1, 1, 1):
+            info.foreign_mask = True         # the family built its own mask / bias (ALiBi, dynamic masks)
+        if sliding_window is not None and sliding_window not in info.windows:
+            info.windows = info.windows + (sliding_window,)
+    m, k = info.max_len, query.shape[2]
+    start = info.start
+    if sliding_window is not None:
+        start = torch.maximum(start, info.end - (int(sliding_window) - 1))
+    if softcap is not None or s_aux is not None or value.shape[-1] != query.shape[-1]:
+        out = fork_attention_general(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k],
+                                     value[:, :, m:m + k], start, info.end, scaling, softcap=softcap, sinks=s_aux)
+    else:
+        # start <= end <= max_len hold by construction (ForkCache): no per-layer value checks
+        out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
+                                 start, info.end, scaling, max_valid_len=info.max_valid_len, check=False)
     return out.transpose(1, 2).contiguous(), None
+
+
+def fork_attention_general(q, k_cache, v_cache, k_new, v_new, start, end, scale, *, softcap=None, sinks=None):
+    """`rgk.ops.reference.fork_attention` with a score soft-cap (scores -> softcap * tanh(scores /
+    softcap)) and attention sinks (sinks [H]: one extra logit per head that takes part in the
+    softmax and attends to nothing), in fp32; q [B, H, K, D], caches [B, Hkv, L, D], own
+    entries [B, Hkv, K, D] (values may have another head size Dv), start/end [B].  Returns
+    [B, H, K, Dv] in q's dtype."""
+    B, H, K, D = q.shape
+    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    g = H // Hkv
+    scale = D ** -0.5 if scale is None else scale
+    qf = q.float()
+    kc, vc = k_cache.float().repeat_interleave(g, 1), v_cache.float().repeat_interleave(g, 1)
+    kn, vn = k_new.float().repeat_interleave(g, 1), v_new.float().repeat_interleave(g, 1)
+    s_pre = torch.matmul(qf, kc.transpose(-1, -2)) * scale                      # [B, H, K, L]
+    s_own = (qf * kn).sum(-1, keepdim=True) * scale                               # [B, H, K, 1]
+    if softcap is not None:
+        s_pre = torch.tanh(s_pre / softcap) * softcap
+        s_own = torch.tanh(s_own / softcap) * softcap
+    pos = torch.arange(L, device=q.device)
+    valid = (pos[None, :] >= start.long()[:, None]) & (pos[None, :] < end.long()[:, None])   # [B, L]
+    s_pre = s_pre.masked_fill(~valid[:, None, None, :], float("-inf"))
+    parts = [s_pre, s_own]
+    if sinks is not None:
+        parts.append(sinks.float().view(1, H, 1, 1).expand(B, H, K, 1))
+    p = torch.softmax(torch.cat(parts, -1), -1)
+    out = torch.matmul(p[..., :L], vc) + p[..., L:L + 1] * vn
+    return out.to(q.dtype)
 
 
 AttentionInterface.register(ATTN_NAME, rgk_fork_attention)
@@ -109,9 +167,10 @@ class _ForkLayer(CacheLayerMixin):
             self.keys, self.values = buf[:, i:i + H], buf[:, i + H:i + 2 * H]
             self.shared = True
         else:
-            shape = (B, H, o.max_len + o.k, D)
-            self.keys = torch.zeros(shape, dtype=key_states.dtype, device=key_states.device)
-            self.values = torch.zeros(shape, dtype=value_states.dtype, device=value_states.device)
+            L = o.max_len + o.k      # values keep their own head size (MLA: v_head_dim != qk head dim)
+            self.keys = torch.zeros((B, H, L, D), dtype=key_states.dtype, device=key_states.device)
+            self.values = torch.zeros((B, value_states.shape[1], L, value_states.shape[-1]),
+                                      dtype=value_states.dtype, device=value_states.device)
         self.dtype, self.device = key_states.dtype, key_states.device
         self.is_initialized = True
 
@@ -265,6 +324,8 @@ class ForkCache(Cache):
         self.mode = "fork"
         before = None if self.static else [layer.writes for layer in self.layers]
         _STATE.forking = getattr(_STATE, "forking", 0) + 1
+        _CURRENT[0] = self._info
+        calls0 = self._info.calls
         try:
             if self.static:   # the decode loop switched the attention implementation once
                 out = decoder(input_ids=candidates, attention_mask=placeholder, position_ids=pos, use_cache=True,
@@ -275,9 +336,14 @@ class ForkCache(Cache):
                                   use_cache=True, rgk_fork=self._info, **hf.cache_kw(decoder, self))
         finally:
             _STATE.forking -= 1
+            _CURRENT[0] = None
             self.mode = "prefix"
         if before is not None:
             self._check_written(decoder, before, "ForkCache.fork")
+            if self._info.calls == calls0:
+                mt = getattr(hf.text_config(decoder), "model_type", type(decoder).__name__)
+                raise RuntimeError(f"model_type {mt!r}: its attention does not run through transformers' attention "
+                                   "interface, so rgk's candidate pass cannot apply (no exact fork attention)")
         return out.last_hidden_state
 
     def commit(self, winner: torch.Tensor) -> None:

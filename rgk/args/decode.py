@@ -25,6 +25,7 @@ model; text rewards stay on the eager loop (`rgk.args.search`).
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 from tqdm.auto import tqdm
@@ -34,16 +35,100 @@ from rgk.args.cache import ForkCache
 from rgk.args.rewards import RewardModel, Scores, SharedHead, eos_prefix_scores, head_params
 from rgk.models import reward_mlp
 
-#: model_type values whose fork pass is tested (Llama, Qwen2, Mistral, Gemma, GPT-2 families)
+#: model_type values whose fork pass was first tested; kept for reference.  Every family is now
+#: accepted unless `check_family` finds a feature rgk's fork pass cannot apply exactly (the
+#: family matrix, tests/test_family_matrix.py, checks each against the naive oracle).
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
 LOOPS = ("auto", "eager", "compiled", "graph")
+#: per-layer attention kinds the fork pass applies (full causal, sliding window)
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def family_problem(model) -> str | None:
+    """Why rgk's candidate (fork) pass cannot run `model` exactly, or None.  Read from the
+    model's config and code before any work: an encoder-decoder, a forward without a KV
+    cache (state-space and recurrent models), an ALiBi position bias (added through the
+    attention mask, which the fork pass replaces), layers that are not (sliding-window)
+    attention (hybrid Mamba / linear-attention / chunked-attention models)."""
+    import sys
+    cfg = hf.text_config(model)
+    mt = getattr(cfg, "model_type", type(model).__name__)
+    if getattr(cfg, "is_encoder_decoder", False):
+        return f"model_type {mt!r} is an encoder-decoder; ARGS here decodes causal LMs"
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else model
+    try:
+        hf.cache_kwarg(dec)
+    except TypeError:
+        return f"model_type {mt!r}: its forward takes no KV cache (a state-space or recurrent model?)"
+    mod = sys.modules.get(type(dec).__module__)
+    has_alibi = mod is not None and any("alibi" in n.lower() for n in dir(mod))
+    if getattr(cfg, "alibi", None) or (has_alibi and not hasattr(cfg, "alibi")):
+        return f"model_type {mt!r} uses an ALiBi position bias, which the fork pass does not apply"
+    kinds = set(getattr(cfg, "layer_types", None) or ())
+    odd = sorted(k for k in kinds if k not in ATTENTION_LAYER_TYPES)
+    if odd:
+        return (f"model_type {mt!r} has layers of kind {', '.join(odd)}; the fork pass applies "
+                f"{' and '.join(ATTENTION_LAYER_TYPES)} layers only")
+    return _fork_probe(model, dec, mt)
+
+
+_PROBED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def _fork_probe(model, dec, mt) -> str | None:
+    """Run the candidate pass once on a tiny padded batch (2 rows, 3 prompt positions, 2
+    candidates) and compare its hidden states with the model's own forward over each full
+    sequence; once per model.  Catches what the config does not say: attention that does not
+    run through transformers' attention interface, a forward kwarg the fork pass lacks."""
+    verdict = _PROBED.get(model, False)
+    if verdict is not False:
+        return verdict
+    from rgk.args.rewards import lm_vocab
+    p = next(model.parameters())
+    V = lm_vocab(model)
+    ids = (torch.tensor([[3, 4, 5], [0, 6, 7]]) % V).to(p.device)
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]], device=p.device)
+    cands = (torch.tensor([[8, 9], [10, 11]]) % V).to(p.device)
+    why = None
+    try:
+        cache = ForkCache.for_model(model, 2, 3, 2)
+        cache.extend(dec, ids, mask)
+        got = cache.fork(dec, cands).float()                                  # [2, 2, d]
+        info = cache._info
+        cfg = hf.text_config(model)
+        lt = getattr(cfg, "layer_types", None)
+        sliding = ("sliding_attention" in lt) if lt else (getattr(cfg, "sliding_window", None) is not None
+                                                           and getattr(cfg, "use_sliding_window", True) is not False)
+        if info.foreign_mask:
+            _PROBED[model] = why = (f"model_type {mt!r} builds its own attention mask or bias inside its layers "
+                                    "(e.g. ALiBi or a dynamic mask), which the fork pass does not apply")
+            return why
+        if sliding and not info.windows:
+            _PROBED[model] = why = (f"model_type {mt!r} applies its sliding window through the attention mask only "
+                                    "(its attention function is not told the window), which the fork pass does not see")
+            return why
+        full = torch.cat([ids.repeat_interleave(2, 0), cands.reshape(-1, 1)], 1)
+        fmask = torch.cat([mask.repeat_interleave(2, 0), torch.ones(4, 1, dtype=mask.dtype, device=p.device)], 1)
+        want = dec(input_ids=full, attention_mask=fmask,
+                   position_ids=hf.positions(fmask)).last_hidden_state[:, -1].float().view(2, 2, -1)
+        tol = 1e-3 if p.dtype == torch.float32 else 5e-2
+        err = float(((got - want).abs() - tol * want.abs()).max())
+        if not err <= tol:
+            why = (f"model_type {mt!r}: rgk's candidate pass does not reproduce the model's own forward on a probe "
+                   f"(max excess error {err:.3g}); a feature of its attention the fork pass does not apply")
+    except Exception as e:  # noqa: BLE001 - any failure of the fork pass on this family is a refusal
+        msg = str(e).splitlines()[0] if str(e) else ""
+        why = f"model_type {mt!r}: rgk's candidate pass fails on it ({type(e).__name__}: {msg[:200]})"
+    _PROBED[model] = why
+    return why
 
 
 def check_family(model, name: str = "model") -> None:
-    mt = getattr(hf.text_config(model), "model_type", None)
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{name}: model_type {mt!r} is not supported by rgk's static decode loop (supported: "
-                         f"{', '.join(SUPPORTED_MODEL_TYPES)}); use loop='dynamic' (the Python ARGS loop)")
+    """ValueError naming `name`, the family and the feature when `family_problem` finds one."""
+    why = family_problem(model)
+    if why is not None:
+        raise ValueError(f"{name}: {why}; rgk cannot decode it exactly")
 
 
 def static_capable(source) -> bool:
@@ -64,13 +149,14 @@ class _LMFork:
     """The LM on a ForkCache: `fork(ids [B, n])` -> hidden [B, n, d]; `logits(h [B, d])`."""
 
     def __init__(self, model, B, cap, slots):
-        self.model, self.dec, self.head = model, model.get_decoder(), model.get_output_embeddings()
+        # next-token logits as the model's own forward computes them (head + any tail)
+        self.model, self.dec, self.head = model, model.get_decoder(), hf.logits_fn(model)
         self.cache = ForkCache.for_model(model, B, cap, slots)
 
     def prefill(self, input_ids, mask):
         """The next-token logits [B, V] fp32; keeps the prompt's last hidden state [B, d]."""
         self.last_hidden = self.cache.extend(self.dec, input_ids, mask)[:, -1]
-        return self.head(self.last_hidden).float()
+        return self.head(self.last_hidden)
 
 
 class StaticDecoder:
@@ -156,13 +242,13 @@ class StaticDecoder:
             new_done = done
         if self.shared:
             self.lm.cache.commit(idx)
-            nxt = self.lm.head(hid[self.rows, idx]).float()
+            nxt = self.lm.head(hid[self.rows, idx])
         else:
             if self.rm is not None:
                 self.rm_cache.commit(idx)
             h1 = self.lm.cache.fork(self.lm.dec, tok[:, None])
             self.lm.cache.commit(self.zero)
-            nxt = self.lm.head(h1[:, 0]).float()
+            nxt = self.lm.head(h1[:, 0])
         return nxt, tok, lp, r, sc, new_done
 
     @contextlib.contextmanager

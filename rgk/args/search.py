@@ -253,7 +253,7 @@ class _ForkLM(_LMFork):
     def advance(self, index, token):
         self.cache.commit(index)
         rows = torch.arange(index.shape[0], device=index.device)
-        return self.head(self.hc[rows, index]).float()
+        return self.head(self.hc[rows, index])
 
 
 def _setup(model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id,
@@ -305,14 +305,18 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     if not isinstance(loop, str) or loop not in decode.LOOPS + ("dynamic",):
         raise ValueError(f"loop: expected one of {', '.join(decode.LOOPS + ('dynamic',))}, got {loop!r}")
     stop_every = as_int("stop_every", stop_every, 1)
-    static_ok = decode.static_capable(src) and all(
-        getattr(hf.text_config(m), "model_type", None) in decode.SUPPORTED_MODEL_TYPES
-        for m in [model] + ([src.model] if isinstance(src, RewardModel) else []))
+    # the fork pass runs the LM (shared head, or the static loop's LM) and a RewardModel: refuse,
+    # before any work, a family whose attention it cannot apply exactly
+    lm_problem = decode.family_problem(model)
+    if lm_problem is not None and (src.uses_lm_hidden or loop not in ("auto", "dynamic")):
+        raise ValueError(f"model: {lm_problem}; rgk cannot decode it exactly")
+    if isinstance(src, RewardModel):
+        decode.check_family(src.model, "reward")
+    static_ok = decode.static_capable(src) and lm_problem is None
     if loop not in ("auto", "dynamic"):
         if not decode.static_capable(src):
             raise ValueError(f"loop: {loop!r} needs a reward source the static step can run (a RewardHead or a "
                              f"RewardModel); {type(src).__name__} runs on loop='dynamic'")
-        decode.check_family(model)
     if loop != "dynamic" and (loop != "auto" or static_ok):
         seqs, r, lp, sc = decode.run_static(model, src, input_ids, mask, k=k, w=w, temperature=temperature,
                                             max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad,

@@ -28,16 +28,15 @@ __all__ = ["encode_prompts", "left_pad", "sample", "response_mask", "token_logpr
 
 def check_policy_model(model, name: str = "model") -> None:
     """ValueError naming `name` unless `model` is a causal LM the static sampling loop supports."""
-    from rgk.args.decode import SUPPORTED_MODEL_TYPES
+    from rgk.args.decode import family_problem
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"{name}: expected a Hugging Face causal LM, got {type(model).__name__}")
     if model.get_output_embeddings() is None:
         raise TypeError(f"{name}: {type(model).__name__} has no LM head; RePULSe trains a causal LM "
                         "(AutoModelForCausalLM)")
-    mt = getattr(hf.text_config(model), "model_type", None)
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"{name}: model_type {mt!r} is not supported by rgk's static sampling loop "
-                         f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    why = family_problem(model)
+    if why is not None:
+        raise ValueError(f"{name}: {why}; rgk's static sampling loop cannot run it exactly")
 
 
 def encode_prompts(prompts, tokenizer, max_prompt_tokens: int, *, chat_template: bool = False) -> list[list[int]]:

@@ -1,0 +1,258 @@
+"""The family matrix: every model type of the installed transformers' causal-LM auto mapping,
+built tiny with random weights, decoded with ARGS on each rgk loop and compared with the
+naive oracle (`naive_args_generate`).
+
+`tiny_config(model_type)` starts from the family's default config and shrinks it through
+the usual attribute names (hidden size, layers, heads, experts, vocabulary, window), with a
+short table of per-family overrides where the defaults need more.  `run_family` returns one
+row: built or not (why), refused (the refusal's message) or, per loop and reward kind,
+exact or not.  Used by tests/test_family_matrix.py and `python tests/_families.py`
+(prints the table, markdown with --md).
+"""
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+import warnings
+
+import torch
+
+VOCAB = 96
+WINDOW = 8            # sliding windows shorter than every prompt
+PROMPT_LENS = (9, 14, 20)
+NEW = 8
+K, W = 4, 1.0
+MAX_PARAMS = 6_000_000
+
+# shrunk through whichever of these names a config has
+SIZES = {
+    ("hidden_size", "n_embd", "d_model", "dim", "model_dim"): 32,
+    ("num_hidden_layers", "n_layer", "num_layers", "n_layers"): 2,
+    ("num_attention_heads", "n_head", "num_heads", "n_heads"): 4,
+    ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"): 2,
+    ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size"): 64,
+    ("head_dim", "kv_channels"): 8,
+    ("vocab_size",): VOCAB,
+    ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len"): 128,
+    ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"): 4,
+    ("num_experts_per_tok", "moe_topk", "top_k"): 2,
+    ("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"): 32,
+    ("sliding_window", "window_size"): WINDOW,
+    # multi-head latent attention (DeepSeek-style)
+    ("kv_lora_rank", "q_lora_rank"): 16,
+    ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"): 8,
+    # encoder-decoder and per-stack sizes
+    ("encoder_layers", "decoder_layers"): 1,
+    ("encoder_attention_heads", "decoder_attention_heads"): 4,
+    ("encoder_ffn_dim", "decoder_ffn_dim"): 64,
+}
+# per family: what the generic shrink cannot guess
+OVERRIDES = {
+    "qwen2": {"use_sliding_window": True, "max_window_layers": 1},
+    "qwen3": {"use_sliding_window": True, "max_window_layers": 1},
+    "smollm3": {"use_sliding_window": True},
+    "gemma2": {"query_pre_attn_scalar": 8, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0},
+    "gemma3_text": {"query_pre_attn_scalar": 8, "sliding_window_pattern": 2},
+    "cohere": {"logit_scale": 0.5},
+    "granite": {"logits_scaling": 4.0},
+    "falcon": {"new_decoder_architecture": False, "multi_query": True, "alibi": False},
+    "gpt_neox": {"rotary_pct": 0.5},
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+}
+
+
+def _layer_types(cfg, n: int) -> None:
+    """Resize a config's per-layer list to n layers, keeping at least one of each kind."""
+    lt = getattr(cfg, "layer_types", None)
+    if isinstance(lt, (list, tuple)) and lt and len(lt) != n:
+        kinds = list(dict.fromkeys(lt))
+        cfg.layer_types = [kinds[i % len(kinds)] for i in range(n)]
+
+
+def tiny_config(model_type: str):
+    from transformers import CONFIG_MAPPING
+    cls = CONFIG_MAPPING[model_type]
+    base = cls()
+    text = base.get_text_config() if hasattr(base, "get_text_config") else base
+    kw = {}
+    for names, v in SIZES.items():
+        for n in names:
+            prop = getattr(type(text), n, None)
+            if isinstance(prop, property) and prop.fset is None:      # derived (e.g. Falcon's head_dim)
+                continue
+            if hasattr(text, n) and not isinstance(getattr(text, n), (list, dict)):
+                kw[n] = v
+    if "kv_lora_rank" in kw and "num_key_value_heads" in kw:     # MLA: every head has its own K/V
+        kw["num_key_value_heads"] = kw.get("num_attention_heads", 4)
+    kw.update(OVERRIDES.get(model_type, {}))
+    kw.update(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    cfg = cls(**kw)
+    for n in ("num_hidden_layers", "n_layer", "num_layers"):
+        if hasattr(cfg, n):
+            _layer_types(cfg, getattr(cfg, n))
+            break
+    return cfg
+
+
+def prompts(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    T = max(PROMPT_LENS)
+    ids = torch.zeros(len(PROMPT_LENS), T, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, n in enumerate(PROMPT_LENS):
+        ids[b, T - n:] = torch.randint(3, VOCAB, (n,), generator=g)
+        mask[b, T - n:] = 1
+    return ids, mask
+
+
+def build(model_type: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+    cfg = tiny_config(model_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):           # size it first: a config the shrink missed may be huge
+            n = sum(p.numel() for p in AutoModelForCausalLM.from_config(cfg).parameters())
+        if n > MAX_PARAMS:
+            raise ValueError(f"the tiny config still has {n / 1e6:.1f}M parameters (the shrink missed a size)")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg).eval()
+    return model
+
+
+def _same(a, b) -> bool:
+    """Same tokens; rewards and scores to float tolerance (fp32 sums in another order)."""
+    return a.sequences.shape == b.sequences.shape and torch.equal(a.sequences, b.sequences) and \
+        torch.allclose(a.rewards, b.rewards, atol=1e-3, rtol=1e-3, equal_nan=True) and \
+        torch.allclose(a.scores, b.scores, atol=1e-3, rtol=1e-3, equal_nan=True)
+
+
+def _near_tie(lm, src, ids, mask, ref, out, tol: float = 1e-3) -> bool:
+    """Where `out` first leaves the oracle's tokens, whether the two tokens' oracle scores
+    are within `tol` (a tie at float precision: either choice is exact ARGS)."""
+    from rgk import hf, ops
+    T = ids.shape[1]
+    diff = (out.sequences[:, T:] != ref.sequences[:, T:]).nonzero()
+    if diff.numel() == 0:
+        return False
+    b, t = int(diff[0, 0]), int(diff[0, 1])
+    seqs = ref.sequences[b:b + 1, :T + t]
+    m = torch.cat([mask[b:b + 1], torch.ones(1, t, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        logits = lm(input_ids=seqs, attention_mask=m, position_ids=hf.positions(m)).logits[:, -1].float()
+        lp, cid = ops.topk_logprobs(logits, K)
+        cand = torch.cat([seqs.repeat_interleave(K, 0), cid.reshape(-1, 1)], 1)
+        cm = torch.cat([m.repeat_interleave(K, 0), torch.ones(K, 1, dtype=m.dtype)], 1)
+        r = src.reference_rewards(lm, cand, cm, T).reshape(1, K).float()
+    score = (lp + W * r)[0]
+    a, o = int(ref.sequences[b, T + t]), int(out.sequences[b, T + t])
+    ia, io = (cid[0] == a).nonzero(), (cid[0] == o).nonzero()
+    return ia.numel() == 1 and io.numel() == 1 and abs(float(score[ia[0, 0]] - score[io[0, 0]])) <= tol
+
+
+LOOPS = ("dynamic", "eager", "compiled")
+
+
+def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -> dict:
+    """{'family', 'status': 'exact'|'refused'|'WRONG'|'crash'|'unbuilt', 'detail', 'loops': {...}}"""
+    import rgk.args.decode
+    from rgk.args import RewardModel, args_generate
+    from rgk.args.search import naive_args_generate
+    from rgk.models import RewardHead, RewardHeadConfig
+    row = {"family": model_type, "loops": {}, "detail": ""}
+    t0 = time.time()
+    try:
+        lm = build(model_type, 0)
+        d = lm.get_output_embeddings().weight.shape[1] if lm.get_output_embeddings() is not None else None
+        if d is None:
+            raise ValueError("no output head")
+        torch.manual_seed(1)
+        head = RewardHead(RewardHeadConfig(d, "linear", base_model="tiny"))
+        with torch.no_grad():
+            for p in head.parameters():
+                p.mul_(8)
+        rm = build(model_type, 1) if "model" in reward_kinds else None
+    except Exception as e:  # noqa: BLE001
+        row.update(status="unbuilt", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return row
+    ids, mask = prompts()
+    kw = dict(k=K, w=W, max_new_tokens=NEW, eos_token_id=-1, pad_token_id=0)
+    try:
+        sources = {"shared": head, "model": RewardModel(rm, head) if rm is not None else None}
+    except ValueError as e:     # a head on the final hidden state that is not config.hidden_size wide
+        row.update(status="refused", detail=str(e).splitlines()[0][:200])
+        return row
+    status = "exact"
+    for kind in reward_kinds:
+        src = sources[kind]
+        try:        # rgk's refusal comes before any work: ask it first, skip the oracle then
+            rgk.args.decode.check_family(lm)
+            if kind == "model":
+                rgk.args.decode.check_family(rm, "reward")
+        except ValueError as e:
+            row.update(status="refused", detail=str(e).splitlines()[0][:240])
+            row["loops"].update({f"{kind}/{lp}": "refused" for lp in loops})
+            return row
+        try:
+            ref = naive_args_generate(lm, ids, mask, reward=src, **kw)
+        except Exception as e:  # noqa: BLE001 - the model cannot run this batch at all: rgk must refuse it
+            oracle = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+            try:
+                args_generate(lm, ids, mask, reward=src, loop=loops[0], **kw)
+                row.update(status="oracle-fails", detail=f"the model's own forward fails ({oracle}); rgk ran")
+            except Exception as e2:  # noqa: BLE001
+                refused = isinstance(e2, ValueError) and "rgk cannot decode it exactly" in str(e2)
+                row.update(status="refused" if refused else "oracle-fails",
+                           detail=(str(e2).splitlines()[0][:200] if refused else
+                                   f"the model's own forward fails on a padded batch ({oracle})"))
+            return row
+        for loop in loops:
+            key = f"{kind}/{loop}"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out = args_generate(lm, ids, mask, reward=src, loop=loop, **kw)
+                ok = _same(out, ref)
+                if not ok and _near_tie(lm, src if kind == "model" else _shared_src(lm, head), ids, mask, ref, out):
+                    row["loops"][key] = "exact (tie)"
+                else:
+                    row["loops"][key] = "exact" if ok else "WRONG"
+                    if not ok:
+                        status = "WRONG"
+            except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                refused = "model_type" in msg or "not supported" in msg or "cannot" in msg
+                row["loops"][key] = "refused" if refused else "crash"
+                if not row["detail"]:
+                    tb = traceback.extract_tb(e.__traceback__)[-1]
+                    row["detail"] = f"{type(e).__name__}: {msg[:200]} [{tb.filename.split('/')[-1]}:{tb.lineno}]"
+                if status == "exact":
+                    status = "refused" if refused else "crash"
+                elif not refused:
+                    status = "crash" if status != "WRONG" else status
+    row["status"] = status
+    row["seconds"] = round(time.time() - t0, 1)
+    return row
+
+
+def _shared_src(lm, head):
+    from rgk.args.search import check_source
+    return check_source(head, lm)
+
+
+def families() -> list[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def main(argv) -> None:
+    names = [a for a in argv if not a.startswith("-")] or families()
+    loops = LOOPS if "--compiled" in argv else ("dynamic", "eager")
+    for mt in names:
+        r = run_family(mt, loops=loops)
+        loops_s = " ".join(f"{k}={v}" for k, v in r["loops"].items())
+        print(f"{mt:<28} {r['status']:<9} {r.get('seconds', '')!s:>5}s {loops_s} {r['detail']}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
