@@ -79,6 +79,16 @@ SHAPES = {
                          num_attention_heads=32, num_key_value_heads=8, head_dim=64, rope_theta=500000.0,
                          max_position_embeddings=131072, tie_word_embeddings=True, bos_token_id=128000,
                          eos_token_id=128001),
+    # SmolLM2-135M's size in other families (random weights only): Qwen3 (q/k norms), and Gemma 3
+    # with a 64-token sliding window on 5 layers of 6 (shorter than a 128-token prompt: the
+    # window is active), soft-capped final logits off as in the released checkpoints
+    "qwen3-135m": dict(model_type="qwen3", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                       num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                       max_position_embeddings=8192, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
+    "gemma3-135m": dict(model_type="gemma3_text", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                        query_pre_attn_scalar=64, sliding_window=64, max_position_embeddings=8192,
+                        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2),
     "tiny": dict(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=64, rope_theta=10000.0, max_position_embeddings=2048,
                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
@@ -111,13 +121,20 @@ PREFILL = "(prefill, ms per prompt)"
 
 # ----------------------------------------------------------------------------- the models
 def model_config(shape: str, layers: int | None = None):
-    """A LlamaConfig of `shape` (SHAPES), optionally with fewer layers (tests)."""
+    """The config of `shape` (SHAPES: a LlamaConfig, or the family's own config where the shape
+    names a model_type), optionally with fewer layers (tests)."""
     from transformers import LlamaConfig
     if shape not in SHAPES:
         raise ValueError(f"--shapes: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
     kw = dict(SHAPES[shape])
     if layers is not None:
         kw["num_hidden_layers"] = layers
+    mt = kw.pop("model_type", None)
+    if mt is not None:            # another family at this size
+        from transformers import CONFIG_MAPPING
+        cfg = CONFIG_MAPPING[mt](pad_token_id=PAD, **kw)
+        cfg._attn_implementation = "sdpa"
+        return cfg
     cfg = LlamaConfig(rms_norm_eps=1e-5, hidden_act="silu", pad_token_id=PAD, **kw)
     cfg._attn_implementation = "sdpa"
     return cfg
@@ -136,8 +153,8 @@ def describe(shape: str, random_weights: bool, layers: int | None = None) -> str
 
 
 def build_model(shape: str, device, dtype, *, random_weights: bool, layers: int | None = None, seed: int = 0):
-    """(model, description): the real SmolLM2-135M-Instruct, or a random-weight
-    LlamaForCausalLM of `shape` initialised on `device` and cast to `dtype`."""
+    """(model, description): the real SmolLM2-135M-Instruct, or a random-weight causal LM of
+    `shape` (Llama unless the shape names another family) initialised on `device`, cast to `dtype`."""
     if not random_weights:
         if shape != "smollm2-135m" or layers is not None:
             raise ValueError(f"--shapes: real weights exist only for smollm2-135m (got {shape!r}"
@@ -146,10 +163,10 @@ def build_model(shape: str, device, dtype, *, random_weights: bool, layers: int 
         m, _ = load_model(dtype=dtype, device=device)
         m.config._attn_implementation = "sdpa"
         return m.eval(), describe(shape, False)
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     torch.manual_seed(seed)
     with torch.device(device):
-        m = LlamaForCausalLM(model_config(shape, layers))
+        m = AutoModelForCausalLM.from_config(model_config(shape, layers))
     return m.to(dtype).eval(), describe(shape, True, layers)
 
 

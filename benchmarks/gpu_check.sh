@@ -199,7 +199,10 @@ stage_tests() {
 stage_smoke() {
   local q=()
   [[ $MODE == quick ]] && q=(--quick)
-  "$PY" benchmarks/sanitize_driver.py --smoke "${q[@]}"
+  "$PY" benchmarks/sanitize_driver.py --smoke "${q[@]}" || return $?
+  # ARGS end to end on Gemma-3- and Qwen3-shaped random models (bf16, window 64 < prompt 128)
+  # on the graph loop, against the naive loop (benchmarks/families_check.py)
+  "$PY" benchmarks/families_check.py --device cuda --out "$WORK/families.json"
 }
 
 stage_sanitize() {

@@ -100,12 +100,36 @@ class _DecoderOutput:
         return (self.last_hidden_state,)[i]
 
 
-def _decoder_attr(model) -> str | None:
+def _decoder_path(model) -> str | None:
+    """The dotted submodule path of the model's decoder (e.g. "model", "model.decoder")."""
     dec = model.get_decoder() if hasattr(model, "get_decoder") else None
-    for name, child in model.named_children():
-        if child is dec:
+    if dec is None:
+        return None
+    for name, child in model.named_modules():
+        if child is dec and name:
             return name
     return None
+
+
+def _with_passthrough(root, path: str):
+    """A shallow copy of `root` (parameters shared) whose submodule at `path` is a
+    `_HiddenPassthrough`; the modules along the path are shallow copies too."""
+    import copy
+    from collections import OrderedDict
+    clone = copy.copy(root)
+    clone._modules = OrderedDict(root._modules)
+    cur, orig = clone, root
+    parts = path.split(".")
+    for i, p in enumerate(parts):
+        if i == len(parts) - 1:
+            cur._modules[p] = _HiddenPassthrough()
+        else:
+            child = orig._modules[p]
+            cc = copy.copy(child)
+            cc._modules = OrderedDict(child._modules)
+            cur._modules[p] = cc
+            cur, orig = cc, child
+    return clone
 
 
 _LOGITS_FNS: "weakref.WeakKeyDictionary" = None  # type: ignore[assignment]
@@ -131,14 +155,8 @@ def logits_fn(model):
     mt = getattr(text_config(model), "model_type", type(model).__name__)
     if head is None:
         raise ValueError(f"model: {type(model).__name__} ({mt}) has no output head (get_output_embeddings() is None)")
-    name = _decoder_attr(model)
-    tail = None
-    if name is not None:
-        import copy
-        from collections import OrderedDict
-        tail = copy.copy(model)
-        tail._modules = OrderedDict(model._modules)
-        tail._modules[name] = _HiddenPassthrough()
+    path = _decoder_path(model)
+    tail = None if path is None else _with_passthrough(model, path)
     w = head.weight
     g = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(2, 1, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
@@ -150,8 +168,8 @@ def logits_fn(model):
             raise ValueError(f"model: {type(model).__name__} ({mt}): rgk computes next-token logits by reusing the "
                              f"model's forward on given hidden states, which failed ({type(e).__name__}: {e})") from e
     if full is None:
-        raise ValueError(f"model: {type(model).__name__} ({mt}): its decoder is not a direct submodule, so rgk "
-                         "cannot reuse its forward for next-token logits")
+        raise ValueError(f"model: {type(model).__name__} ({mt}): its decoder (get_decoder()) is not one of its "
+                         "submodules, so rgk cannot reuse its forward for next-token logits")
     if full.shape == plain.shape and torch.equal(full, plain):
         def fn(h):
             return head(h).float()

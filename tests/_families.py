@@ -129,28 +129,19 @@ def _same(a, b) -> bool:
 
 def _near_tie(lm, src, ids, mask, ref, out, tol: float = 1e-3) -> bool:
     """Where `out` first leaves the oracle's tokens, whether the two tokens' oracle scores
-    are within `tol` (a tie at float precision: either choice is exact ARGS)."""
-    from rgk import hf, ops
-    T = ids.shape[1]
-    diff = (out.sequences[:, T:] != ref.sequences[:, T:]).nonzero()
-    if diff.numel() == 0:
+    are within `tol` (a tie at float precision: either choice is exact ARGS);
+    benchmarks/families_check.py's rule."""
+    from pathlib import Path
+    bench = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from families_check import _first_split, _tie
+    if _first_split(out.sequences, ref.sequences, ids.shape[1]) is None:
         return False
-    b, t = int(diff[0, 0]), int(diff[0, 1])
-    seqs = ref.sequences[b:b + 1, :T + t]
-    m = torch.cat([mask[b:b + 1], torch.ones(1, t, dtype=mask.dtype)], 1)
-    with torch.no_grad():
-        logits = lm(input_ids=seqs, attention_mask=m, position_ids=hf.positions(m)).logits[:, -1].float()
-        lp, cid = ops.topk_logprobs(logits, K)
-        cand = torch.cat([seqs.repeat_interleave(K, 0), cid.reshape(-1, 1)], 1)
-        cm = torch.cat([m.repeat_interleave(K, 0), torch.ones(K, 1, dtype=m.dtype)], 1)
-        r = src.reference_rewards(lm, cand, cm, T).reshape(1, K).float()
-    score = (lp + W * r)[0]
-    a, o = int(ref.sequences[b, T + t]), int(out.sequences[b, T + t])
-    ia, io = (cid[0] == a).nonzero(), (cid[0] == o).nonzero()
-    return ia.numel() == 1 and io.numel() == 1 and abs(float(score[ia[0, 0]] - score[io[0, 0]])) <= tol
+    return _tie(lm, src, ref.sequences, out.sequences, ids, mask, K, W, tol)[0]
 
 
-LOOPS = ("dynamic", "eager", "compiled")
+LOOPS = ("dynamic", "eager", "processor", "compiled")
 
 
 def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -> dict:
@@ -211,8 +202,14 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    out = args_generate(lm, ids, mask, reward=src, loop=loop, **kw)
-                ok = _same(out, ref)
+                    if loop == "compiled":       # a fresh dynamo cache: the suite compiles many models
+                        torch._dynamo.reset()
+                    if loop == "processor":
+                        out = _processor(lm, RewardModel(lm, head) if kind == "shared" else src, ids, mask)
+                        ok = torch.equal(out.sequences, ref.sequences)
+                    else:
+                        out = args_generate(lm, ids, mask, reward=src, loop=loop, **kw)
+                        ok = _same(out, ref)
                 if not ok and _near_tie(lm, src if kind == "model" else _shared_src(lm, head), ids, mask, ref, out):
                     row["loops"][key] = "exact (tie)"
                 else:
@@ -235,6 +232,18 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
     return row
 
 
+def _processor(lm, source, ids, mask):
+    """ARGS as a LogitsProcessor inside the model's own generate (greedy, no EOS)."""
+    import types
+    from transformers import LogitsProcessorList
+    from rgk.args import ARGSLogitsProcessor
+    proc = ARGSLogitsProcessor(source, k=K, w=W, attention_mask=mask)
+    lm.generation_config.eos_token_id = None
+    out = lm.generate(ids, attention_mask=mask, logits_processor=LogitsProcessorList([proc]), max_new_tokens=NEW,
+                      min_new_tokens=NEW, do_sample=False, pad_token_id=0, eos_token_id=None)
+    return types.SimpleNamespace(sequences=out)
+
+
 def _shared_src(lm, head):
     from rgk.args.search import check_source
     return check_source(head, lm)
@@ -247,7 +256,7 @@ def families() -> list[str]:
 
 def main(argv) -> None:
     names = [a for a in argv if not a.startswith("-")] or families()
-    loops = LOOPS if "--compiled" in argv else ("dynamic", "eager")
+    loops = LOOPS if "--compiled" in argv else ("dynamic", "eager", "processor")
     for mt in names:
         r = run_family(mt, loops=loops)
         loops_s = " ".join(f"{k}={v}" for k, v in r["loops"].items())

@@ -162,13 +162,27 @@ def test_loop_argument_errors():
         args_generate(lm, ids, mask, reward=head(), stop_every=0)
 
 
-def test_other_families_are_refused_by_the_static_loop_and_run_dynamic():
-    from transformers import OPTConfig, OPTForCausalLM
+def test_other_families_run_on_the_static_loop_and_what_it_cannot_do_is_refused():
+    """OPT (decoder under model.decoder) runs on the static loop like the Python loop; Bloom
+    (ALiBi) is refused by every loop before any work, naming the family and the feature
+    (every family: tests/test_family_matrix.py)."""
+    from transformers import BloomConfig, BloomForCausalLM, OPTConfig, OPTForCausalLM
     torch.manual_seed(0)
     lm = OPTForCausalLM(OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=1, num_attention_heads=2,
                                   word_embed_proj_dim=32, eos_token_id=EOS, pad_token_id=PAD)).eval()
     ids, mask = prompts()
-    with pytest.raises(ValueError, match="^model:.*opt"):
-        args_generate(lm, ids, mask, reward=head(32), k=3, max_new_tokens=2, loop="eager")
-    with pytest.raises(ValueError, match="^model:"):
-        vanilla_generate(lm, ids, mask, max_new_tokens=2)
+    a = args_generate(lm, ids, mask, reward=head(32), k=3, max_new_tokens=4, loop="eager")
+    b = args_generate(lm, ids, mask, reward=head(32), k=3, max_new_tokens=4, loop="dynamic")
+    assert torch.equal(a.sequences, b.sequences)
+    v = vanilla_generate(lm, ids, mask, max_new_tokens=4)
+    hf_out = lm.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=PAD,
+                         eos_token_id=EOS)
+    n = min(v.shape[1], hf_out.shape[1])
+    assert torch.equal(v[:, :n], hf_out[:, :n])
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=V, hidden_size=32, n_layer=1, n_head=2, eos_token_id=EOS,
+                                         pad_token_id=PAD)).eval()
+    for loop in ("eager", "dynamic"):
+        with pytest.raises(ValueError, match="^model: model_type 'bloom' uses an ALiBi position bias"):
+            args_generate(bloom, ids, mask, reward=head(32), k=3, max_new_tokens=2, loop=loop)
+    with pytest.raises(ValueError, match="^model: model_type 'bloom' uses an ALiBi"):
+        vanilla_generate(bloom, ids, mask, max_new_tokens=2)

@@ -83,6 +83,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
             raise TypeError("reward: inside generate a bare RewardHead needs its backbone; "
                             "pass RewardModel(model, head) with the LM itself as the model")
         self.k, self.w, self.temperature = check_args_params(k=k, w=w, temperature=temperature, vocab_size=None)
+        model = getattr(src, "model", None)
+        if model is not None and hasattr(model, "config"):   # a reward model forked on: refuse what it cannot do
+            from rgk.args.decode import check_family
+            check_family(model, "reward")
         if batch_size is not None:
             batch_size = as_int("batch_size", batch_size, 1)
         if max_cache_len is not None:
