@@ -75,6 +75,19 @@ def check_cache_filled(cache, n_expected: int, where: str) -> None:
                            "version whose forward names the cache differently?)")
 
 
+def execution_device(module, fallback=None) -> torch.device:
+    """Where `module` computes: its accelerate hook's execution device when it is dispatched
+    (its weights may sit on "meta", offloaded to CPU or disk), else its first parameter's device."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(dev) if not isinstance(dev, int) else torch.device("cuda", dev)
+    p = next(module.parameters(), None)
+    if p is not None and p.device.type != "meta":
+        return p.device
+    return torch.device(fallback or "cpu")
+
+
 # ----------------------------------------------------------------------------- next-token logits
 class _HiddenPassthrough(torch.nn.Module):
     """Stands in for a causal LM's decoder: returns the hidden states it is given as
@@ -118,6 +131,10 @@ def _with_passthrough(root, path: str):
     from collections import OrderedDict
     clone = copy.copy(root)
     clone._modules = OrderedDict(root._modules)
+    # an accelerate hook replaces the instance's `forward` with a wrapper bound to the original
+    # module (which would run the real decoder): the copies use their class's forward; the
+    # hooks of the submodules they share (the output head's) still move weights and inputs
+    clone.__dict__.pop("forward", None)
     cur, orig = clone, root
     parts = path.split(".")
     for i, p in enumerate(parts):
@@ -127,6 +144,7 @@ def _with_passthrough(root, path: str):
             child = orig._modules[p]
             cc = copy.copy(child)
             cc._modules = OrderedDict(child._modules)
+            cc.__dict__.pop("forward", None)
             cur._modules[p] = cc
             cur, orig = cc, child
     return clone
@@ -159,7 +177,7 @@ def logits_fn(model):
     tail = None if path is None else _with_passthrough(model, path)
     w = head.weight
     g = torch.Generator(device="cpu").manual_seed(0)
-    probe = torch.randn(2, 1, w.shape[1], generator=g).to(device=w.device, dtype=w.dtype)
+    probe = torch.randn(2, 1, w.shape[1], generator=g).to(device=execution_device(head), dtype=w.dtype)
     with torch.no_grad():
         plain = head(probe)[:, 0].float()
         try:

@@ -100,16 +100,18 @@ def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, 
         if sliding_window is not None and sliding_window not in info.windows:
             info.windows = info.windows + (sliding_window,)
     m, k = info.max_len, query.shape[2]
-    start = info.start
+    start, end = info.start, info.end
+    if start.device != query.device:       # a layer placed on another device (device_map): no-op otherwise
+        start, end = start.to(query.device, non_blocking=True), end.to(query.device, non_blocking=True)
     if sliding_window is not None:
-        start = torch.maximum(start, info.end - (int(sliding_window) - 1))
+        start = torch.maximum(start, end - (int(sliding_window) - 1))
     if softcap is not None or s_aux is not None or value.shape[-1] != query.shape[-1]:
         out = fork_attention_general(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k],
-                                     value[:, :, m:m + k], start, info.end, scaling, softcap=softcap, sinks=s_aux)
+                                     value[:, :, m:m + k], start, end, scaling, softcap=softcap, sinks=s_aux)
     else:
         # start <= end <= max_len hold by construction (ForkCache): no per-layer value checks
         out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
-                                 start, info.end, scaling, max_valid_len=info.max_valid_len, check=False)
+                                 start, end, scaling, max_valid_len=info.max_valid_len, check=False)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -212,7 +214,10 @@ class _ForkLayer(CacheLayerMixin):
         return self.owner.max_len
 
     def commit(self, rows: torch.Tensor, src: torch.Tensor, pos: torch.Tensor) -> None:
-        """Copy slot src[b] of row b to position pos (a layer with its own buffers)."""
+        """Copy slot src[b] of row b to position pos (a layer with its own buffers, possibly on
+        another device than the positions: a model dispatched with a device_map)."""
+        if rows.device != self.keys.device:
+            rows, src, pos = (t.to(self.keys.device, non_blocking=True) for t in (rows, src, pos))
         self.keys.index_copy_(2, pos, self.keys[rows, :, src].unsqueeze(2))
         self.values.index_copy_(2, pos, self.values[rows, :, src].unsqueeze(2))
 
@@ -257,6 +262,9 @@ class ForkCache(Cache):
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int, k: int) -> "ForkCache":
+        """A cache for `model`; refuses, before allocating anything, a size that does not fit the
+        free memory of the devices its layers compute on (`fork_cache_bytes`)."""
+        check_fork_cache_fits(model, batch_size, max_len, k)
         return cls(hf.text_config(model).num_hidden_layers, batch_size, max_len, k)
 
     def _check_rows(self, name: str, t: torch.Tensor) -> None:
@@ -411,6 +419,71 @@ class ForkCache(Cache):
                 layer.commit(rows, src, self.pos)
         self.end += 1
         self.pos += 1
+
+
+def _layer_devices(model, n_layers: int) -> list[torch.device]:
+    """The device each decoder layer computes on: from accelerate's `hf_device_map` where the
+    model was dispatched ("cpu"/"disk" offloaded layers compute on the execution device),
+    else the model's own device."""
+    default = hf.execution_device(model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model)
+    dm = getattr(model, "hf_device_map", None) or {}
+    out = []
+    for i in range(n_layers):
+        dev = default
+        for name, d in dm.items():
+            parts = name.split(".")
+            if str(i) in parts and parts.index(str(i)) > 0 and parts[parts.index(str(i)) - 1] in ("layers", "h", "blocks"):
+                if d not in ("cpu", "disk"):
+                    dev = torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+                break
+            if name in ("", "model", "transformer") and d not in ("cpu", "disk"):
+                dev = torch.device(d) if not isinstance(d, int) else torch.device("cuda", d)
+        out.append(dev)
+    return out
+
+
+def fork_cache_bytes(model, batch_size: int, max_len: int, k: int) -> dict:
+    """{device: bytes} the ForkCache of `model` allocates: per layer 2 (K and V) x batch x
+    kv heads x (max_len + k) x head size x the element size, on the device the layer computes on."""
+    cfg = hf.text_config(model)
+    n = int(cfg.num_hidden_layers)
+    heads = getattr(cfg, "num_attention_heads", None) or 1
+    hkv = getattr(cfg, "num_key_value_heads", None) or heads
+    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    p = next(model.parameters())
+    per_layer = 2 * batch_size * hkv * (max_len + k) * d * p.element_size()
+    out: dict = {}
+    for dev in _layer_devices(model, n):
+        out[dev] = out.get(dev, 0) + per_layer
+    return out
+
+
+def _free_bytes(dev: torch.device) -> int | None:
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    if dev.type == "cpu":
+        import os
+        try:
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_fork_cache_fits(model, batch_size: int, max_len: int, k: int) -> None:
+    """ValueError, before any allocation, when the ForkCache would not fit a device's free memory."""
+    try:
+        need = fork_cache_bytes(model, batch_size, max_len, k)
+    except (AttributeError, TypeError, StopIteration):
+        return                              # a config without the usual sizes: nothing to estimate
+    per_layer = sum(need.values()) // max(1, int(hf.text_config(model).num_hidden_layers))
+    for dev, b in need.items():
+        free = _free_bytes(dev)
+        if free is not None and b > free:
+            raise ValueError(f"max_cache_len: the fork cache for batch {batch_size}, capacity {max_len} + {k} "
+                             f"candidate slots needs {b / 2**30:.2f} GiB on {dev} ({per_layer / 2**20:.1f} MiB per "
+                             f"layer, {b // per_layer} layers there) but {free / 2**30:.2f} GiB is free; use a "
+                             "smaller batch, max_new_tokens or k")
 
 
 @contextlib.contextmanager

@@ -86,10 +86,11 @@ def _fork_probe(model, dec, mt) -> str | None:
         return verdict
     from rgk.args.rewards import lm_vocab
     p = next(model.parameters())
+    dev = hf.execution_device(model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model)
     V = lm_vocab(model)
-    ids = (torch.tensor([[3, 4, 5], [0, 6, 7]]) % V).to(p.device)
-    mask = torch.tensor([[1, 1, 1], [0, 1, 1]], device=p.device)
-    cands = (torch.tensor([[8, 9], [10, 11]]) % V).to(p.device)
+    ids = (torch.tensor([[3, 4, 5], [0, 6, 7]]) % V).to(dev)
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]], device=dev)
+    cands = (torch.tensor([[8, 9], [10, 11]]) % V).to(dev)
     why = None
     try:
         cache = ForkCache.for_model(model, 2, 3, 2)
@@ -109,7 +110,7 @@ def _fork_probe(model, dec, mt) -> str | None:
                                     "(its attention function is not told the window), which the fork pass does not see")
             return why
         full = torch.cat([ids.repeat_interleave(2, 0), cands.reshape(-1, 1)], 1)
-        fmask = torch.cat([mask.repeat_interleave(2, 0), torch.ones(4, 1, dtype=mask.dtype, device=p.device)], 1)
+        fmask = torch.cat([mask.repeat_interleave(2, 0), torch.ones(4, 1, dtype=mask.dtype, device=dev)], 1)
         want = dec(input_ids=full, attention_mask=fmask,
                    position_ids=hf.positions(fmask)).last_hidden_state[:, -1].float().view(2, 2, -1)
         tol = 1e-3 if p.dtype == torch.float32 else 5e-2
