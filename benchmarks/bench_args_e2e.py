@@ -831,7 +831,7 @@ def main(argv=None) -> int:
 
     def on_term(signum, frame):  # `timeout` sends SIGTERM: write what was measured, then stop
         raise SystemExit(128 + signum)
-    signal.signal(signal.SIGTERM, on_term)
+    prev_term = signal.signal(signal.SIGTERM, on_term)
     bench = Bench(ns, clock)
     from tqdm.auto import tqdm
     bar = tqdm(total=bench.todo, desc="args_e2e", unit="variant", mininterval=5, file=sys.stderr)
@@ -861,6 +861,7 @@ def main(argv=None) -> int:
         if bench.rows:
             bench.write(out, argv)
             print(f"[args_e2e] wrote {out}/args_e2e.json, .md, .png", flush=True)
+        signal.signal(signal.SIGTERM, prev_term)   # called in-process (tests): leave no handler behind
     return status
 
 

@@ -255,10 +255,14 @@ def families() -> list[str]:
 
 
 def main(argv) -> None:
+    """python tests/_families.py [families...] [--compiled | --only-compiled] [--shared-only]"""
     names = [a for a in argv if not a.startswith("-")] or families()
     loops = LOOPS if "--compiled" in argv else ("dynamic", "eager", "processor")
+    if "--only-compiled" in argv:
+        loops = ("compiled",)
+    kinds = ("shared",) if "--shared-only" in argv else ("shared", "model")
     for mt in names:
-        r = run_family(mt, loops=loops)
+        r = run_family(mt, loops=loops, reward_kinds=kinds)
         loops_s = " ".join(f"{k}={v}" for k, v in r["loops"].items())
         print(f"{mt:<28} {r['status']:<9} {r.get('seconds', '')!s:>5}s {loops_s} {r['detail']}", flush=True)
 
