@@ -219,6 +219,8 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
             except (ValueError, RuntimeError, TypeError, NotImplementedError) as e:
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 refused = "model_type" in msg or "not supported" in msg or "cannot" in msg
+                if loop == "compiled" and msg.startswith("loop: 'compiled' cannot trace"):
+                    refused = True        # a clear refusal of that loop for that family
                 row["loops"][key] = "refused" if refused else "crash"
                 if not row["detail"]:
                     tb = traceback.extract_tb(e.__traceback__)[-1]

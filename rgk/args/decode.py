@@ -317,6 +317,23 @@ def _draw(B, temperature, generator, device):
 
 
 @torch.no_grad()
+def _compiled(step, model):
+    """`step` under torch.compile(fullgraph=True); a model whose forward dynamo cannot trace as
+    one graph gets a one-line error naming the family and the way out, not dynamo's traceback."""
+    fn = torch.compile(step, fullgraph=True, dynamic=False)
+
+    def run(*args):
+        try:
+            return fn(*args)
+        except torch._dynamo.exc.Unsupported as e:
+            mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeError(f"loop: 'compiled' cannot trace model_type {mt!r} as one graph with "
+                               f"torch.compile(fullgraph=True) ({first}); use loop='eager' (the same step, "
+                               "uncompiled) or 'dynamic'") from None
+    return run
+
+
 def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tokens, cap, eos, pad, generator,
                loop: str, stop_every: int = 8, progress: bool = False, eos_prefix: bool = False):
     """Decode with the static step; returns (sequences, rewards, logprobs, scores) like ARGSOutput."""
@@ -329,7 +346,7 @@ def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tok
     toks, lps, rs, scs, dones = [], [], [], [], []
     with dec.static(host_bound=loop == "eager") as handles:
         if loop == "compiled":
-            fn = torch.compile(dec.step, fullgraph=True, dynamic=False)
+            fn = _compiled(dec.step, model)
         elif loop == "graph":
             u0 = _draw(dec.B, temperature, None, dev) if temperature > 0 else None
             fn = _Graph(dec, u0)
