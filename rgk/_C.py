@@ -17,7 +17,7 @@ import importlib
 import torch  # noqa: F401  (must precede the library: it loads libc10 and libtorch)
 
 _lib = importlib.import_module("rgk._rgk_cuda")   # ModuleNotFoundError (name "rgk._rgk_cuda") if not built
-from rgk.ops import _fake  # noqa: E402  # noqa: F401  (registers the fake kernels)
+from rgk.ops import _fake  # noqa: E402,F401  (registers the fake kernels)
 
 ARCHS: str = _lib.cuda_arch_list()
 topk_logprobs = _lib.topk_logprobs

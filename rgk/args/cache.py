@@ -87,7 +87,7 @@ def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, 
     `softcap` (tanh soft-capping of the scores, Gemma 2) and `s_aux` (attention sinks: one
     extra logit per head in the softmax, gpt-oss).  The fused op covers windows; soft-caps
     and sinks, and values whose head size differs from the keys' (multi-head latent attention),
-    run `fork_attention_general` (plain PyTorch).
+    run the reference's explicit softmax (`rgk.ops.reference.fork_attention_prefix`).
     """
     info = rgk_fork if rgk_fork is not None else _CURRENT[0]
     if info is None:
@@ -106,42 +106,14 @@ def rgk_fork_attention(module, query, key, value, attention_mask, scaling=None, 
     if sliding_window is not None:
         start = torch.maximum(start, end - (int(sliding_window) - 1))
     if softcap is not None or s_aux is not None or value.shape[-1] != query.shape[-1]:
-        out = fork_attention_general(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k],
-                                     value[:, :, m:m + k], start, end, scaling, softcap=softcap, sinks=s_aux)
+        out = ops.reference.fork_attention_prefix(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k],
+                                                  value[:, :, m:m + k], start, end, scaling, m, softcap=softcap,
+                                                  sinks=s_aux)
     else:
         # start <= end <= max_len hold by construction (ForkCache): no per-layer value checks
         out = ops.fork_attention(query, key[:, :, :m], value[:, :, :m], key[:, :, m:m + k], value[:, :, m:m + k],
                                  start, end, scaling, max_valid_len=info.max_valid_len, check=False)
     return out.transpose(1, 2).contiguous(), None
-
-
-def fork_attention_general(q, k_cache, v_cache, k_new, v_new, start, end, scale, *, softcap=None, sinks=None):
-    """`rgk.ops.reference.fork_attention` with a score soft-cap (scores -> softcap * tanh(scores /
-    softcap)) and attention sinks (sinks [H]: one extra logit per head that takes part in the
-    softmax and attends to nothing), in fp32; q [B, H, K, D], caches [B, Hkv, L, D], own
-    entries [B, Hkv, K, D] (values may have another head size Dv), start/end [B].  Returns
-    [B, H, K, Dv] in q's dtype."""
-    B, H, K, D = q.shape
-    Hkv, L = k_cache.shape[1], k_cache.shape[2]
-    g = H // Hkv
-    scale = D ** -0.5 if scale is None else scale
-    qf = q.float()
-    kc, vc = k_cache.float().repeat_interleave(g, 1), v_cache.float().repeat_interleave(g, 1)
-    kn, vn = k_new.float().repeat_interleave(g, 1), v_new.float().repeat_interleave(g, 1)
-    s_pre = torch.matmul(qf, kc.transpose(-1, -2)) * scale                      # [B, H, K, L]
-    s_own = (qf * kn).sum(-1, keepdim=True) * scale                               # [B, H, K, 1]
-    if softcap is not None:
-        s_pre = torch.tanh(s_pre / softcap) * softcap
-        s_own = torch.tanh(s_own / softcap) * softcap
-    pos = torch.arange(L, device=q.device)
-    valid = (pos[None, :] >= start.long()[:, None]) & (pos[None, :] < end.long()[:, None])   # [B, L]
-    s_pre = s_pre.masked_fill(~valid[:, None, None, :], float("-inf"))
-    parts = [s_pre, s_own]
-    if sinks is not None:
-        parts.append(sinks.float().view(1, H, 1, 1).expand(B, H, K, 1))
-    p = torch.softmax(torch.cat(parts, -1), -1)
-    out = torch.matmul(p[..., :L], vc) + p[..., L:L + 1] * vn
-    return out.to(q.dtype)
 
 
 AttentionInterface.register(ATTN_NAME, rgk_fork_attention)

@@ -102,22 +102,21 @@ def _fork_probe(model, dec, mt) -> str | None:
         sliding = ("sliding_attention" in lt) if lt else (getattr(cfg, "sliding_window", None) is not None
                                                            and getattr(cfg, "use_sliding_window", True) is not False)
         if info.foreign_mask:
-            _PROBED[model] = why = (f"model_type {mt!r} builds its own attention mask or bias inside its layers "
-                                    "(e.g. ALiBi or a dynamic mask), which the fork pass does not apply")
-            return why
-        if sliding and not info.windows:
-            _PROBED[model] = why = (f"model_type {mt!r} applies its sliding window through the attention mask only "
-                                    "(its attention function is not told the window), which the fork pass does not see")
-            return why
-        full = torch.cat([ids.repeat_interleave(2, 0), cands.reshape(-1, 1)], 1)
-        fmask = torch.cat([mask.repeat_interleave(2, 0), torch.ones(4, 1, dtype=mask.dtype, device=dev)], 1)
-        want = dec(input_ids=full, attention_mask=fmask,
-                   position_ids=hf.positions(fmask)).last_hidden_state[:, -1].float().view(2, 2, -1)
-        tol = 1e-3 if p.dtype == torch.float32 else 5e-2
-        err = float(((got - want).abs() - tol * want.abs()).max())
-        if not err <= tol:
-            why = (f"model_type {mt!r}: rgk's candidate pass does not reproduce the model's own forward on a probe "
-                   f"(max excess error {err:.3g}); a feature of its attention the fork pass does not apply")
+            why = (f"model_type {mt!r} builds its own attention mask or bias inside its layers "
+                   "(e.g. ALiBi or a dynamic mask), which the fork pass does not apply")
+        elif sliding and not info.windows:
+            why = (f"model_type {mt!r} applies its sliding window through the attention mask only "
+                   "(its attention function is not told the window), which the fork pass does not see")
+        else:
+            full = torch.cat([ids.repeat_interleave(2, 0), cands.reshape(-1, 1)], 1)
+            fmask = torch.cat([mask.repeat_interleave(2, 0), torch.ones(4, 1, dtype=mask.dtype, device=dev)], 1)
+            want = dec(input_ids=full, attention_mask=fmask,
+                       position_ids=hf.positions(fmask)).last_hidden_state[:, -1].float().view(2, 2, -1)
+            tol = 1e-3 if p.dtype == torch.float32 else 5e-2
+            err = float(((got - want).abs() - tol * want.abs()).max())
+            if not err <= tol:
+                why = (f"model_type {mt!r}: rgk's candidate pass does not reproduce the model's own forward on a "
+                       f"probe (max excess error {err:.3g}); a feature of its attention the fork pass does not apply")
     except Exception as e:  # noqa: BLE001 - any failure of the fork pass on this family is a refusal
         msg = str(e).splitlines()[0] if str(e) else ""
         why = f"model_type {mt!r}: rgk's candidate pass fails on it ({type(e).__name__}: {msg[:200]})"

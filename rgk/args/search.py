@@ -307,7 +307,9 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     stop_every = as_int("stop_every", stop_every, 1)
     # the fork pass runs the LM (shared head, or the static loop's LM) and a RewardModel: refuse,
     # before any work, a family whose attention it cannot apply exactly
-    lm_problem = decode.family_problem(model)
+    # (a text reward on the Python loop runs the LM through HF's own cache: no probe needed)
+    forks_lm = src.uses_lm_hidden or loop not in ("auto", "dynamic") or (loop == "auto" and decode.static_capable(src))
+    lm_problem = decode.family_problem(model) if forks_lm else None
     if lm_problem is not None and (src.uses_lm_hidden or loop not in ("auto", "dynamic")):
         raise ValueError(f"model: {lm_problem}; rgk cannot decode it exactly")
     if isinstance(src, RewardModel):

@@ -132,11 +132,18 @@ def verify_valid_len(cache_end: torch.Tensor, n: int) -> bool:
     return True
 
 
-def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n: int):
+def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n: int, *,
+                          softcap: float | None = None, sinks: torch.Tensor | None = None):
     """`fork_attention` reading only the cache positions [0, n) (n <= L, cache_end <= n
-    already known): the masked softmax over [prefix ; own entry], in fp32."""
+    already known): the masked softmax over [prefix ; own entry], in fp32.
+
+    Beyond the op (used by rgk's fork pass for families that need them): `softcap` (scores ->
+    softcap * tanh(scores / softcap), Gemma 2), `sinks` [Hq] (one extra logit per head that
+    takes part in the softmax and attends to nothing, gpt-oss), and values whose head size
+    Dv differs from the keys' (multi-head latent attention): returns [B, Hq, K, Dv]."""
     B, Hq, K, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    Dv = v_cache.shape[-1]
     g = Hq // Hkv
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     qf = q.float().reshape(B, Hkv, g * K, D)
@@ -144,17 +151,23 @@ def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
         k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
     kc, vc = k_cache.float(), v_cache.float()
     s_pre = torch.einsum("bhqd,bhld->bhql", qf, kc) * scale  # [B, Hkv, gK, n]
-    pos = torch.arange(n, device=q.device)
-    valid = (pos[None, :] >= cache_start[:, None].long()) & (pos[None, :] < cache_end[:, None].long())
-    s_pre = s_pre.masked_fill(~valid[:, None, None, :], -math.inf)
     qn = qf.reshape(B, Hkv, g, K, D)
     s_self = (qn * k_new.float()[:, :, None]).sum(-1) * scale  # [B, Hkv, g, K]
     s_self = s_self.reshape(B, Hkv, g * K, 1)
-    s = torch.cat([s_pre, s_self], dim=-1)
+    if softcap is not None:
+        s_pre = torch.tanh(s_pre / softcap) * softcap
+        s_self = torch.tanh(s_self / softcap) * softcap
+    pos = torch.arange(n, device=q.device)
+    valid = (pos[None, :] >= cache_start[:, None].long()) & (pos[None, :] < cache_end[:, None].long())
+    s_pre = s_pre.masked_fill(~valid[:, None, None, :], -math.inf)
+    parts = [s_pre, s_self]
+    if sinks is not None:     # head h = kv head h // g, row (h % g) * K + j of the grouped layout
+        parts.append(sinks.float().view(1, Hkv, g, 1).expand(B, Hkv, g, K).reshape(B, Hkv, g * K, 1))
+    s = torch.cat(parts, dim=-1)
     p = torch.softmax(s, dim=-1)
     out = torch.einsum("bhql,bhld->bhqd", p[..., :n], vc)
-    out = out.reshape(B, Hkv, g, K, D) + p[..., n].reshape(B, Hkv, g, K, 1) * v_new.float()[:, :, None]
-    return out.reshape(B, Hq, K, D).to(q.dtype)
+    out = out.reshape(B, Hkv, g, K, Dv) + p[..., n].reshape(B, Hkv, g, K, 1) * v_new.float()[:, :, None]
+    return out.reshape(B, Hq, K, Dv).to(q.dtype)
 
 
 def fork_attention_tree_sdpa(q, k_cache, v_cache, k_new, v_new, cache_start, cache_end, scale, n: int):
