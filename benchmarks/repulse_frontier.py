@@ -86,7 +86,7 @@ def _eval_point(path: Path, model, head, prompts, tok, ref, ns) -> dict:
 def run(ns) -> None:
     """Train every (method, seed) run to --steps, evaluating each point once (cached in evals/)."""
     from rgk import models
-    from rgk.args.tox_head import DEFAULT_TOX_HEAD
+    from rgk.heads.tox import DEFAULT_TOX_HEAD
     from rgk.repulse.cli import rtp_prompts
     from rgk.repulse.trainer import RUN_MARKER, RePULSeConfig, RePULSeTrainer
     out = Path(ns.out)

@@ -191,7 +191,7 @@ def _sample_model(name: str, path, ns, prompts, head, ref, tok, cache: Path) -> 
 def collect(ns) -> dict[str, dict]:
     import torch
     from rgk import models
-    from rgk.args.tox_head import DEFAULT_TOX_HEAD
+    from rgk.heads.tox import DEFAULT_TOX_HEAD
     from rgk.repulse.cli import rtp_prompts
     ns.device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cache = Path(ns.out) / "samples"

@@ -8,7 +8,8 @@
 //                 exactly logp[b, j] when reward_weight == 0 (the reward is ignored, NaN too);
 //                 -inf where logp is -inf or the score is NaN; +inf clamped to FLT_MAX
 //   temperature == 0: index[b] = lowest j with the maximal score (0 when every score is -inf)
-//   temperature  > 0: z_j = min(score_j / temperature, FLT_MAX);  e_j = exp(z_j - max z)
+//   temperature  > 0: z_j = (score_j - max score) / temperature over score_j > -inf (the
+//                     caller floors temperature at FLT_MIN);  e_j = exp(z_j - max z)
 //                     (0 where z_j = -inf); p_j = e_j / sum_j e_j (sum in index order);
 //                     cdf = cumsum(p) in index order; index[b] = min(#{j : cdf_j <= u[b] *
 //                     cdf_{K-1}}, last j with p_j > 0); 0 when every z is -inf
@@ -87,8 +88,10 @@ __device__ void select_row(const RgkRewardSelectArgs& a, int b, float* my) {
     idx = hit0 ? __ffs(hit0) - 1 : (hit1 ? 32 + __ffs(hit1) - 1 : 0);
   } else {
     const float temp = a.temperature;
-    const float z0 = v0 ? fminf(__fdiv_rn(s0, temp), kFltMax) : ninf;
-    const float z1 = v1 ? fminf(__fdiv_rn(s1, temp), kFltMax) : ninf;
+    const float ms = warp_max(fmaxf(s0, s1));  // -inf lanes (and lanes >= K) hold ninf
+    const float sb = ms > ninf ? ms : 0.f;
+    const float z0 = (v0 && s0 > ninf) ? __fdiv_rn(__fsub_rn(s0, sb), temp) : ninf;
+    const float z1 = (v1 && s1 > ninf) ? __fdiv_rn(__fsub_rn(s1, sb), temp) : ninf;
     const float mz = warp_max(fmaxf(z0, z1));
     if (mz > ninf) {
       const float e0 = v0 ? expf(z0 - mz) : 0.f;  // exp(-inf) = 0

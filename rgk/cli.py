@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)   # subparsers share the class
     from rgk.args import cli as args_cli
     args_cli.add_parsers(sub)            # demo, generate
-    from rgk.args.cli_train_head import add_train_head_parser
+    from rgk.heads.cli import add_train_head_parser
     add_train_head_parser(sub)           # train-reward-head
     from rgk.argre import cli as argre_cli
     argre_cli.add_parsers(sub)           # argre train | eval | generate

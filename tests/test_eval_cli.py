@@ -76,7 +76,7 @@ def test_bad_numbers_are_argparse_errors(capsys):
 # ----------------------------------------------------------------------------- prompts
 
 def test_heldout_prompts_exclude_every_training_pair(shared_dir, heads, monkeypatch):
-    from rgk.args.head_data import load_hh_pairs
+    from rgk.heads.data import load_hh_pairs
     from rgk.eval.args_eval import _ctx_key, head_training_pairs, heldout_hh_prompts
     monkeypatch.setenv("RGK_SHARED_DATA", str(Path(shared_dir) / "data"))
     tok = tiny_tokenizer()

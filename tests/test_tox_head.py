@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rgk.args import tox_head
+from rgk.heads import tox as tox_head
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Tests of reward-head training (rgk.args.head_data, rgk.args.head_train,
-rgk.args.cli_train_head): HH-RLHF parsing, Bradley–Terry training, the data split, head
+"""Tests of reward-head training (rgk.heads.data, rgk.heads.train,
+rgk.heads.cli): HH-RLHF parsing, Bradley–Terry training, the data split, head
 save/load (names, atomic writes, damaged files) and standardisation, the one reward MLP,
 feature extraction with left padding and its cache, the CLI's argument checks and the
 shipped default head.  All CPU, a few seconds in total."""
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from rgk import models
-from rgk.args import cli_train_head as cth
-from rgk.args import head_data as hd
-from rgk.args import head_train as ht
+from rgk.heads import cli as cth
+from rgk.heads import data as hd
+from rgk.heads import train as ht
 from rgk.models import RewardHead, RewardHeadConfig, RewardMLP
 from rgk.ops.reference import reward_head as reward_head_ref
 

@@ -20,7 +20,7 @@ Stopping is checked every `stop_every` steps (one host read of the done flags), 
 output is cut at the step where every row had finished, so it equals the eager loop's.
 The same loop runs plain greedy / sampling decoding (`vanilla_generate`, the fair
 baseline) and ARGS with the shared head, a `RewardModel` or a sequence-classifier reward
-model; text rewards stay on the eager loop (`rgk.args.search`).
+model; text rewards stay on the Python loop (`rgk.args.engine`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from rgk import hf, ops
 from rgk.args.cache import ForkCache
+from rgk.args.inputs import _pad_for_mask, as_float, as_int, check_inputs, eos_pad
 from rgk.args.rewards import RewardModel, Scores, SharedHead, eos_prefix_scores, head_params
 from rgk.models import reward_mlp
 
@@ -169,7 +170,7 @@ class StaticDecoder:
     """
 
     def __init__(self, model, source, input_ids, mask, *, k: int, w: float, temperature: float, cap: int,
-                 eos: torch.Tensor, pad: int, eos_prefix: bool = False):
+                 eos: torch.Tensor, pad: int, eos_prefix: bool = False, min_new_tokens: int = 0):
         check_family(model)
         self.model, self.src = model, source
         self.eos_prefix = bool(eos_prefix) and source is not None
@@ -197,16 +198,26 @@ class StaticDecoder:
             self.prefix_reward = reward_mlp(last, *self.params).float()
         self.done = torch.zeros(B, dtype=torch.bool, device=dev)
         self.zero = torch.zeros(B, dtype=torch.long, device=dev)
+        # min_new_tokens: EOS logits at -inf while the device step counter t < min_new_tokens
+        self.min_new = int(min_new_tokens) if eos.numel() else 0
+        self.t = torch.zeros((), dtype=torch.long, device=dev)
+        if self.min_new:
+            V = self.logits.shape[-1]
+            self.eos_cols = torch.zeros(V, dtype=torch.bool, device=dev)
+            self.eos_cols[eos[(eos >= 0) & (eos < V)].to(dev)] = True
 
     # -------------------------------------------------------------- the step
     def step(self, logits, u, done):
         """(next logits, token, logp, reward, score, done): one decode step, static shapes."""
+        if self.min_new:
+            logits = logits.masked_fill(self.eos_cols & (self.t < self.min_new), -float("inf"))
+            self.t += 1
         if self.src is None:
             lp_all = torch.log_softmax(logits, -1)
             if self.temperature == 0:
                 tok = logits.argmax(-1)
             else:
-                p = torch.softmax(logits / self.temperature, -1)
+                p = torch.softmax(ops.tempered(logits, self.temperature), -1)
                 cdf = p.cumsum(-1)
                 tok = (cdf <= u[:, None] * cdf[:, -1:]).sum(-1).clamp(max=logits.shape[-1] - 1)
             lp = lp_all.gather(1, tok[:, None])[:, 0]
@@ -290,15 +301,17 @@ class _Graph:
 
     def _save(self):
         pr = self.dec.prefix_reward
-        return [(c.end.clone(), c.pos.clone()) for c in self._caches()], None if pr is None else pr.clone()
+        return ([(c.end.clone(), c.pos.clone()) for c in self._caches()], None if pr is None else pr.clone(),
+                self.dec.t.clone())
 
     def _restore(self):
-        caches, pr = self._snapshot
+        caches, pr, t = self._snapshot
         for c, (e, p) in zip(self._caches(), caches):
             c.end.copy_(e)
             c.pos.copy_(p)
         if pr is not None:
             self.dec.prefix_reward.copy_(pr)
+        self.dec.t.copy_(t)
 
     def __call__(self, logits, u, done):
         self.logits.copy_(logits)
@@ -334,13 +347,16 @@ def _compiled(step, model):
 
 
 def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tokens, cap, eos, pad, generator,
-               loop: str, stop_every: int = 8, progress: bool = False, eos_prefix: bool = False):
-    """Decode with the static step; returns (sequences, rewards, logprobs, scores) like ARGSOutput."""
+               loop: str, stop_every: int = 8, progress: bool = False, eos_prefix: bool = False,
+               min_new_tokens: int = 0, hooks=None):
+    """Decode with the static step; returns (sequences, rewards, logprobs, scores) like ARGSOutput.
+    hooks: a `rgk.args.engine.StepHooks` (streamer, stopping criteria), called on the host
+    after every step."""
     dev = input_ids.device
     loop = resolve_loop(loop, dev)
     stop_every = max(1, int(stop_every))
     dec = StaticDecoder(model, source, input_ids, mask, k=k, w=w, temperature=temperature, cap=cap, eos=eos,
-                        pad=pad, eos_prefix=eos_prefix)
+                        pad=pad, eos_prefix=eos_prefix, min_new_tokens=min_new_tokens)
     logits, done = dec.logits, dec.done
     toks, lps, rs, scs, dones = [], [], [], [], []
     with dec.static(host_bound=loop == "eager") as handles:
@@ -356,10 +372,12 @@ def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tok
         for s in steps:
             u = _draw(dec.B, temperature, generator, dev)
             logits, tok, lp, r, sc, done = fn(logits, u, done)
+            if hooks is not None:
+                done = hooks.after(tok, done, sc)
             toks.append(tok), lps.append(lp), rs.append(r), scs.append(sc), dones.append(done)
             for h in handles:
                 h.steps(1)
-            if (s + 1) % stop_every == 0 and bool(done.all()):
+            if ((s + 1) % stop_every == 0 or hooks is not None) and bool(done.all()):
                 break
     n = len(toks)
     all_done = torch.stack(dones, 1).all(0)           # [n]: every row finished after step s
@@ -378,7 +396,6 @@ def vanilla_generate(model, input_ids, attention_mask=None, *, temperature: floa
     rgk's static loop — the fair baseline for ARGS on the same loop.  Sampling draws one
     U[0,1) per row and step from `generator` and inverts the CDF of softmax(logits / τ).
     Returns the sequences [B, T + n] (pad after EOS)."""
-    from rgk.args.search import _pad_for_mask, as_float, as_int, check_inputs, eos_pad
     mask, max_new_tokens = check_inputs(input_ids, attention_mask, max_new_tokens, _pad_for_mask(model, pad_token_id))
     temperature = as_float("temperature", temperature, lo=0.0)
     eos, pad = eos_pad(model, eos_token_id, pad_token_id, input_ids.device)

@@ -2,14 +2,19 @@
 
 At every call it takes the top-k of the logits `generate` hands over (so masks set by
 earlier processors are honoured), scores each candidate with log p + w · r, and returns
-scores that are -inf everywhere except the k candidates, which carry score / temperature.
+scores that are -inf everywhere except the k candidates, which carry score / temperature
+(a row where that would overflow, at a tiny temperature, is first shifted by its best score,
+`rgk.ops.tempered`: the same softmax).
 Greedy search then picks the ARGS argmax; sampling (do_sample=True, temperature=1 in
 `generate`) draws from softmax(score / temperature) over the k candidates — ARGS's
 stochastic mode.
 
 The reward source's session (a `RewardModel`'s prefix `ForkCache`) is kept between calls
 and keyed on the prefix it has seen: when the new `input_ids` extend it by one token, the
-processor commits that token — the candidate slot it came from, or, if another processor
+processor commits that token (also across generate calls, e.g. `generate(out, ...)` continuing
+its own output, when that call's mask is the one followed so far and its length fits the
+capacity; otherwise, and when an unfixed capacity runs out, it rebuilds with room for the
+new call) — the candidate slot it came from, or, if another processor
 or `generate` (pad after EOS) changed it, a one-token forward of what was actually
 appended.  When `input_ids` do not extend the seen prefix (a new `generate` call,
 assisted decoding rolling back), it rebuilds.  Beam search is refused at every rebuild
@@ -33,7 +38,7 @@ from transformers import LogitsProcessor
 
 from rgk import ops
 from rgk.args.rewards import as_source, eos_prefix_scores
-from rgk.args.search import as_int, check_args_params, check_eos_reward, check_mask, infer_left_padding, select
+from rgk.args.inputs import as_int, check_args_params, check_eos_reward, check_mask, infer_left_padding, select
 
 
 def _generate_frames(depth: int = 12):
@@ -106,6 +111,8 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self.eos_prefix = check_eos_reward(eos_reward) == "prefix"
         self.eos_token_id = None if eos_token_id is None else _eos_ids(eos_token_id)
         self._prefix_r: torch.Tensor | None = None   # [B] reward of each row's current sequence
+        self._gc = None                              # the generation_config of the generate call last seen
+        self._cur_mask: torch.Tensor | None = None   # the mask of the sequence the state holds
         self._cand_r: torch.Tensor | None = None     # [B, k] rewards of the last call's candidates
         self.graph_replays = 0   # calls served by the captured CUDA graph
         self.rebuilds = 0        # how often the state was rebuilt (a new prompt or a rollback)
@@ -165,8 +172,31 @@ class ARGSLogitsProcessor(LogitsProcessor):
             raise ValueError(f"max_cache_len: the prompt ({T} tokens) does not fit max_cache_len={self.max_cache_len}")
         return self.max_cache_len
 
-    def _rebuild(self, input_ids: torch.Tensor) -> None:
-        frames = _generate_frames()
+    def _may_continue(self, input_ids: torch.Tensor, frames) -> bool:
+        """Whether a new generate call whose input extends the seen prefix by one token can keep
+        the state: its mask is the tracked one plus that token, and its length fits."""
+        mask = self._mask_for(input_ids, frames)
+        cur = self._cur_mask
+        if cur is None or mask.shape != (cur.shape[0], cur.shape[1] + 1):
+            return False
+        if not (torch.equal(mask[:, :-1], cur) and bool((mask[:, -1] == 1).all())):
+            return False
+        want = next((int(loc["generation_config"].max_length) for _, loc in frames
+                     if getattr(loc.get("generation_config"), "max_length", None)), None)
+        return want is None or want <= self._cap
+
+    def _check_sampling(self, gc) -> None:
+        """A greedy processor (temperature 0) in a sampling generate call samples from the
+        scores it returns (softmax over the k candidates at temperature 1): say so once per call."""
+        if self.temperature == 0 and getattr(gc, "do_sample", False):
+            import warnings
+            warnings.warn("ARGSLogitsProcessor(temperature=0) is greedy ARGS, but generate was called with "
+                          "do_sample=True: generate samples among the k candidates with probabilities "
+                          "softmax(score) (ARGS's stochastic mode at temperature 1); pass do_sample=False for "
+                          "greedy ARGS, or the processor a temperature > 0 to mean sampling", stacklevel=3)
+
+    def _rebuild(self, input_ids: torch.Tensor, frames=None) -> None:
+        frames = _generate_frames() if frames is None else frames
         for name, loc in frames:
             gc = loc.get("generation_config")
             if "beam" in name or (gc is not None and (getattr(gc, "num_beams", 1) or 1) > 1):
@@ -179,6 +209,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._graph = None
         self.session = self.reward.open(None, input_ids, mask, capacity=cap, k=self.k)
         self._cap, self._len = cap, input_ids.shape[1]
+        self._cur_mask = mask
         if self.eos_prefix:
             self._mask, self._T0 = mask, input_ids.shape[1]
             eos = self.eos_token_id
@@ -195,8 +226,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
     def _append(self, input_ids: torch.Tensor) -> None:
         """Advance the state by the token `generate` appended (the last column of input_ids)."""
         token = input_ids[:, -1]
-        if self._len + 1 > self._cap:
-            raise ValueError(f"max_cache_len: {self._cap} tokens are not enough for this generation")
+        self._cur_mask = torch.cat([self._cur_mask, torch.ones_like(self._cur_mask[:, :1])], 1)
         hit = self._cand == token[:, None]
         found = hit.any(-1)
         # rows generate has finished get pad appended whatever the scores: their state no longer
@@ -238,12 +268,26 @@ class ARGSLogitsProcessor(LogitsProcessor):
         if hasattr(self.reward, "check_vocab"):
             self.reward.check_vocab(V)
         self._pending = None
+        frames = _generate_frames()
+        gc = next((loc["generation_config"] for _, loc in frames if loc.get("generation_config") is not None), None)
+        new_call = gc is not None and gc is not self._gc
+        if new_call:
+            self._gc = gc
+            self._check_sampling(gc)
         seen = self._seen
-        if seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1 \
-                and self._cand is not None and torch.equal(input_ids[:, :-1], seen):
+        extends = (seen is not None and seen.shape[0] == B and input_ids.shape[1] == seen.shape[1] + 1
+                   and self._cand is not None and torch.equal(input_ids[:, :-1], seen))
+        if extends and new_call and not self._may_continue(input_ids, frames):
+            extends = False          # a new generate call with another mask or more tokens: re-plan
+        if extends and self._len + 1 > self._cap:
+            if self.max_cache_len is not None:
+                raise ValueError(f"max_cache_len: {self._cap} tokens are not enough for this generation "
+                                 f"({self._len + 1} needed); pass a larger max_cache_len or None")
+            extends = False          # no capacity was fixed by the user: rebuild with room to grow
+        if extends:
             self._append(input_ids)
         elif not (seen is not None and torch.equal(input_ids, seen)):
-            self._rebuild(input_ids)
+            self._rebuild(input_ids, frames)
         self._seen = input_ids.clone()
 
         if self._graph is None and self._use_graph(scores) and self._cand is None:
@@ -279,7 +323,11 @@ class ARGSLogitsProcessor(LogitsProcessor):
         _, _, score, _ = select(sc, logp, ids, w=self.w, temperature=0.0, uniform=None)
         self._cand = ids
         if self.temperature > 0:
-            score = score / self.temperature
+            # score / temperature; a row where that overflows (a tiny temperature) is shifted by
+            # its best score first (`ops.tempered`): the same softmax, no inf
+            z = score / self.temperature
+            over = ((z == math.inf) | (z == -math.inf)) & (score > -math.inf)
+            score = torch.where(over.any(-1, keepdim=True), ops.tempered(score, self.temperature), z)
         out = torch.full_like(scores, -math.inf)
         return out.scatter(1, ids, score.to(out.dtype)), ids
 

@@ -45,14 +45,14 @@ def _ctx_key(messages) -> str:
 
 def head_training_pairs(head, data_dir=None):
     """The HH-RLHF pairs a head was trained and validated on, re-drawn from its json notes."""
-    from rgk.args.head_data import SELECTION_SEED, load_hh_pairs
+    from rgk.heads.data import SELECTION_SEED, load_hh_pairs
     try:
         notes = json.loads(head.config.notes)
         files, n_pairs = notes["files"], int(notes["n_pairs"])
     except (ValueError, KeyError, TypeError):
         raise ValueError("head: its json notes do not say which HH-RLHF pairs trained it (files, n_pairs), so "
                          "held-out prompts cannot be guaranteed; train it with `rgk train-reward-head`") from None
-    short = {v: k for k, v in __import__("rgk.args.head_data", fromlist=["HH_FILES"]).HH_FILES.items()}
+    short = {v: k for k, v in __import__("rgk.heads.data", fromlist=["HH_FILES"]).HH_FILES.items()}
     return load_hh_pairs([short.get(f, f) for f in files], data_dir=data_dir, n_pairs=n_pairs,
                          selection_seed=int(notes.get("selection_seed", SELECTION_SEED))), notes
 
@@ -60,7 +60,7 @@ def head_training_pairs(head, data_dir=None):
 def heldout_hh_prompts(tok, heads, n: int, *, file: str = HH_EVAL_FILE, max_prompt_tokens: int = 256,
                        seed: int = 0, data_dir=None) -> tuple[list[HHPrompt], dict]:
     """(prompts, provenance) as described in the module docstring."""
-    from rgk.args.head_data import load_hh_pairs
+    from rgk.heads.data import load_hh_pairs
     ctx, first = set(), set()
     heads_info = []
     for h in heads:
@@ -111,7 +111,7 @@ def heldout_hh_prompts(tok, heads, n: int, *, file: str = HH_EVAL_FILE, max_prom
 def answer_rewards(model, heads, prompts: list[list[int]], answers: list[list[int]], *, batch_size: int,
                    pad_id: int, progress: bool) -> list[list[float]]:
     """Per head, the reward of every prompt + answer (EOS excluded) read at its last token."""
-    from rgk.args.head_data import extract_features
+    from rgk.heads.data import extract_features
     seqs = [list(p) + list(a) for p, a in zip(prompts, answers)]
     feats = extract_features(model, seqs, max_tokens=max(len(s) for s in seqs), batch_size=batch_size,
                              pad_id=pad_id, progress=progress, desc="reward features")

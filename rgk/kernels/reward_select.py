@@ -6,7 +6,8 @@ Math, for row b and candidate j < K, in fp32, by the rule in `rgk.ops`'s docstri
     score[b,j] = logp[b,j] + reward_weight * r[b,j]        (logp alone when reward_weight == 0)
                  then -inf where logp = -inf or the score is NaN, +inf -> FLT_MAX
     greedy (temperature == 0): index = lowest j with the maximal score (0 if all are -inf)
-    sampled:  z = min(score / temperature, FLT_MAX), p = softmax over z > -inf,
+    sampled:  z = (score - max score) / temperature over score > -inf (temperature >= FLT_MIN,
+              floored by the caller), p = softmax over z > -inf,
               CDF_j = p_0 + ... + p_j; index = #{j : CDF_j <= u[b] * CDF_{K-1}}, capped at
               the last j with p_j > 0 (0 when all are -inf) — the same operations, in the
               same order, as `rgk.ops.reference._sample_index`.
@@ -79,7 +80,9 @@ def _choose(b, r, logp_ptr, slp_b, ids_ptr, sid_b, u_ptr, tok_ptr, idx_ptr, scor
     tl.store(rew_ptr + b * K + j, r, mask=jk)
 
     if SAMPLE:
-        z = tl.minimum(score / temperature, _FLT_MAX)
+        smax = tl.max(score, axis=0)
+        z = tl.where(score > -float("inf"), (score - tl.where(smax > -float("inf"), smax, 0.0)) / temperature,
+                     -float("inf"))
         live = z > -float("inf")
         zmax = tl.max(z, axis=0)
         e = tl.where(live, tl.exp(z - zmax), 0.0)

@@ -34,8 +34,10 @@ reward_select / select_from_rewards (score, choice), in fp32:
   2. score = -inf where logp_j = -inf or the score is NaN; +inf is clamped to FLT_MAX.
      The returned reward is the raw r (NaN/inf kept).
   3. temperature == 0: the lowest j with the maximal score; all -inf: index 0.
-  4. temperature > 0: z = min(score / temperature, FLT_MAX); p = softmax(z) over the z > -inf
-     (exp(z - max z), normalised); cdf = cumsum(p); index = #{j : cdf_j <= u * cdf_last},
+  4. temperature > 0: tau = max(temperature, FLT_MIN) (the smallest normal fp32, so no
+     backend meets a denormal); z = (score - max score) / tau over the score > -inf
+     (`reference.tempered`: the best z is 0, so tiny temperatures neither overflow nor tie);
+     p = softmax(z) over the z > -inf (exp(z - max z), normalised); cdf = cumsum(p); index = #{j : cdf_j <= u * cdf_last},
      capped at the last j with p_j > 0; all -inf: index 0.  u = uniform[b] in [0, 1).
   5. K >= 1 candidates: K = 0 is a ValueError naming the first argument that shows it,
      never a launch.
@@ -187,6 +189,12 @@ def _check_head(d: int, w1, b1, w2, b2) -> None:
         _check_shape("b2", b2, (1,))
 
 
+def tempered(x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(x - row max) / max(temperature, FLT_MIN) over the entries > -inf: softmax of it is
+    softmax(x / temperature) for every temperature > 0, denormals included (rule 4)."""
+    return reference.tempered(x, temperature)
+
+
 def _fp32(*ts):
     """Head weights go to the kernels as contiguous fp32 (no-op when they already are)."""
     return [None if t is None else t.detach().float().contiguous() for t in ts]
@@ -198,6 +206,7 @@ def _choice_scalars(B: int, reward_weight, temperature, uniform, check: bool, li
     temperature = _as_float("temperature", temperature, lo=0.0)
     if temperature == 0:
         return reward_weight, temperature, None
+    temperature = max(temperature, reference.FLT_MIN)
     if uniform is None:
         raise ValueError(f"uniform: expected a tensor of shape ({B},) of U[0,1) draws when temperature > 0")
     if check:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 
 FLT_MAX = 3.4028234663852886e38  # the largest finite fp32
+FLT_MIN = 1.1754943508222875e-38  # the smallest normal fp32: the floor of a temperature > 0
 
 
 def sanitize(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +150,12 @@ def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
     qf = q.float().reshape(B, Hkv, g * K, D)
     if n < L:
         k_cache, v_cache = k_cache[:, :, :n], v_cache[:, :, :n]
-    kc, vc = k_cache.float(), v_cache.float()
+    pos = torch.arange(n, device=q.device)
+    valid = (pos[None, :] >= cache_start[:, None].long()) & (pos[None, :] < cache_end[:, None].long())
+    # positions outside a row's range may hold anything (NaN, inf): they must not reach it,
+    # not even as 0 * NaN in the value product
+    kc = torch.where(valid[:, None, :, None], k_cache.float(), 0.0)
+    vc = torch.where(valid[:, None, :, None], v_cache.float(), 0.0)
     s_pre = torch.einsum("bhqd,bhld->bhql", qf, kc) * scale  # [B, Hkv, gK, n]
     qn = qf.reshape(B, Hkv, g, K, D)
     s_self = (qn * k_new.float()[:, :, None]).sum(-1) * scale  # [B, Hkv, g, K]
@@ -157,8 +163,6 @@ def fork_attention_prefix(q, k_cache, v_cache, k_new, v_new, cache_start, cache_
     if softcap is not None:
         s_pre = torch.tanh(s_pre / softcap) * softcap
         s_self = torch.tanh(s_self / softcap) * softcap
-    pos = torch.arange(n, device=q.device)
-    valid = (pos[None, :] >= cache_start[:, None].long()) & (pos[None, :] < cache_end[:, None].long())
     s_pre = s_pre.masked_fill(~valid[:, None, None, :], -math.inf)
     parts = [s_pre, s_self]
     if sinks is not None:     # head h = kv head h // g, row (h % g) * K + j of the grouped layout
@@ -186,6 +190,10 @@ def fork_attention_tree_sdpa(q, k_cache, v_cache, k_new, v_new, cache_start, cac
     vals = torch.cat([v_cache.float(), v_new.float()], dim=2)
     pos = torch.arange(n, device=q.device)
     pre = (pos >= cache_start[:, None]) & (pos < cache_end[:, None])                    # [B, n]
+    # what lies outside a row's range (NaN, inf) must not leak through 0 * NaN: zero it in the copies
+    out_of_range = ~pre[:, None, :, None]
+    keys[:, :, :n].masked_fill_(out_of_range, 0.0)
+    vals[:, :, :n].masked_fill_(out_of_range, 0.0)
     own = torch.eye(K, dtype=torch.bool, device=q.device)
     mask = torch.cat([pre[:, None, :].expand(B, K, n), own.expand(B, K, K)], dim=-1)    # [B, K, n + K]
     out = F.scaled_dot_product_attention(q.float(), keys, vals, attn_mask=mask[:, None],
@@ -246,9 +254,21 @@ def select_from_rewards(logp, ids, r, *, reward_weight: float, temperature: floa
     else:
         if uniform is None:
             raise ValueError("uniform: a tensor [B] of U[0,1) draws is required when temperature > 0")
-        index = _sample_index((score / temperature).clamp(max=FLT_MAX), uniform)
+        index = _sample_index(tempered(score, temperature), uniform)
     token = ids.gather(1, index[:, None])[:, 0]
     return token, index, score
+
+
+def tempered(score: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z = (score - row max) / tau over the entries > -inf (-inf elsewhere), tau =
+    max(temperature, FLT_MIN): the best entry gets z = 0 exactly and every other z <= 0, so
+    no temperature, however small (denormals included), overflows or ties the scores; NaN
+    counts as -inf and +inf as FLT_MAX.  Softmax over z is softmax(score / temperature)."""
+    tau = max(float(temperature), FLT_MIN)
+    s = torch.where(score != score, -math.inf, score.float().clamp(max=FLT_MAX))
+    m = s.max(dim=-1, keepdim=True).values
+    z = (s - torch.where(m > -math.inf, m, 0.0)) / tau
+    return torch.where(s > -math.inf, z, -math.inf)
 
 
 def _first_argmax(score: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""`rgk train-reward-head`: train a reward head on HH-RLHF pairs (`rgk.args.head_train`)."""
+"""`rgk train-reward-head`: train a reward head on HH-RLHF pairs (`rgk.heads.train`)."""
 from __future__ import annotations
 
 import argparse
@@ -6,8 +6,8 @@ from pathlib import Path
 
 from rgk import models
 from rgk._argtypes import finite_float, int_at_least
-from rgk.args import head_data
-from rgk.args.head_train import DEFAULT_WEIGHT_DECAY
+from rgk.heads import data as head_data
+from rgk.heads.train import DEFAULT_WEIGHT_DECAY
 
 
 def add_train_head_parser(subparsers) -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def validate(ns: argparse.Namespace) -> None:
 
 def run_train_command(ns: argparse.Namespace) -> int:
     """Entry point of `rgk train-reward-head`."""
-    from rgk.args.head_train import train_head_from_data
+    from rgk.heads.train import train_head_from_data
 
     validate(ns)
     out = models.DEFAULT_HEAD if ns.install_default else ns.out

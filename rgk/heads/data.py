@@ -1,8 +1,8 @@
 """HH-RLHF preference pairs for reward-head training: loading, parsing, the train /
 validation split, and final-hidden-state features (with an on-disk cache).
 
-Used by `rgk.args.head_train` (Bradley–Terry training) and the `rgk train-reward-head`
-command (`rgk.args.cli_train_head`).
+Used by `rgk.heads.train` (Bradley–Terry training) and the `rgk train-reward-head`
+command (`rgk.heads.cli`).
 
 Data and split
 --------------

@@ -186,7 +186,7 @@ def train_toxicity_head(*, model_name: str | None = None, data_dir: str | os.Pat
     Features (the expensive part: ~3,200 forward passes) are cached in `feature_cache`
     ("auto": <cache dir>/features/rtp-tox-<key>.pt, keyed by model, examples and
     max_tokens; None: no cache)."""
-    from rgk.args import head_data
+    from rgk.heads import data as head_data
     t0 = time.time()
     train, val = rtp_toxicity_examples(data_dir, seed=seed)
     key = _examples_key(model_name, train + val, max_tokens)
@@ -245,7 +245,7 @@ def train_toxicity_head(*, model_name: str | None = None, data_dir: str | os.Pat
 
 def main(argv=None) -> int:
     import argparse
-    p = argparse.ArgumentParser(prog="python -m rgk.args.tox_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m rgk.heads.tox", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DEFAULT_TOX_HEAD), help="output prefix (.json + .safetensors)")
     p.add_argument("--model", default=None)
     p.add_argument("--data-dir", default=None)

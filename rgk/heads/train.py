@@ -1,10 +1,10 @@
 """Train a reward head (`rgk.models.RewardHead`) on HH-RLHF preference pairs.
 
 The head reads a causal LM's final hidden state (after the final norm) at the last
-token of a dialogue (features: `rgk.args.head_data`) and is trained with the
+token of a dialogue (features: `rgk.heads.data`) and is trained with the
 Bradley–Terry loss -log σ(r(chosen) − r(rejected)).  The shipped default head
 (`rgk/data/heads/smollm2-hh`) was made with `rgk train-reward-head`
-(`rgk.args.cli_train_head`), which runs `train_head_from_data`.
+(`rgk.heads.cli`), which runs `train_head_from_data`.
 
 - `train_reward_head(chosen, rejected, ...)`: fit on features [N, d] (see its docstring);
 - `evaluate_head(head, chosen, rejected)`: Bradley–Terry loss and pair accuracy;
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from rgk import models
-from rgk.args import head_data
+from rgk.heads import data as head_data
 from rgk.models import RewardHead, RewardHeadConfig
 
 #: Strong shrinkage: with lr 1e-3 each step multiplies the weights by 1 - 0.03.  Chosen by
