@@ -85,12 +85,13 @@ model_folder.__name__ = "model folder"
 def head_path(text: str) -> str:
     """A saved reward head: `<prefix>` (or `<prefix>.json`/`.safetensors`) whose
     `<prefix>.json` and `<prefix>.safetensors` both exist."""
-    from rgk.models import _head_files
+    from rgk.models import _head_files, shipped_heads
     _, cfg, w = _head_files(text)
     for f in (cfg, w):
         if not f.is_file():
             raise argparse.ArgumentTypeError(f"reward head file {f} does not exist (a head is the pair "
-                                             f"{cfg.name} + {w.name}, written by `rgk train-reward-head`)")
+                                             f"{cfg.name} + {w.name}, written by `rgk train-reward-head`, or "
+                                             f"a shipped head's name: {', '.join(shipped_heads())})")
     return text
 
 

@@ -334,7 +334,17 @@ def _head_files(path: str | os.PathLike) -> tuple[Path, Path, Path]:
     path = Path(path)
     if path.suffix in (".json", ".safetensors"):
         path = path.with_suffix("")
-    return path, path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+    files = path, path.with_name(path.name + ".json"), path.with_name(path.name + ".safetensors")
+    if not files[1].is_file() and (len(path.parts) == 1 or path.parent.as_posix().endswith("rgk/data/heads")):
+        shipped = DATA_DIR / "heads" / path.name     # a shipped head by name (or its source-tree path)
+        if shipped.with_name(shipped.name + ".json").is_file():
+            return _head_files(shipped)
+    return files
+
+
+def shipped_heads() -> list[str]:
+    """Names of the reward heads shipped with rgk (`RewardHead.load(name)`, `--head name`)."""
+    return sorted(p.stem for p in (DATA_DIR / "heads").glob("*.json"))
 
 
 class RewardHead(RewardMLP):
