@@ -40,6 +40,9 @@ _E2E = dict(op="args_e2e", mode="eager")
 HF, SHARED, RM, VANILLA = ("HF greedy generate", "native ARGS, shared head", "native ARGS, separate RM",
                            "native vanilla greedy")
 PROCESSOR, NAIVE = "processor in generate (separate RM)", "naive ARGS (shared head)"
+CUSTOM = "custom_generate in generate (shared head)"
+#: the native shared-head loop's name when it is timed in alternation with custom_generate
+CUSTOM_BASE = SHARED + " (paired with custom_generate)"
 ARGS_GPU_TARGETS = [
     dict(_E2E, target="ARGS native shared head >= 8x HF greedy generate's tokens/s", baselines=[HF], fused=[SHARED],
          required=lambda r: 8.0, backend="cuda"),
@@ -80,6 +83,9 @@ ARGS_CPU_PAIRED_TARGETS = [
                       "(ratio >= 0.909)",
          baselines=[RM + " (paired with the processor)"], fused=[PROCESSOR + " (paired)"], required=lambda r: 1 / 1.1,
          backend="cpu"),
+    dict(_E2E, target="ARGS CPU (paired): custom_generate time/token within 3% of args_generate's, same loop "
+                      "(ratio >= 0.971)",
+         baselines=[CUSTOM_BASE], fused=[CUSTOM + " (paired)"], required=lambda r: 1 / 1.03, backend="cpu"),
 ]
 
 TARGETS = [

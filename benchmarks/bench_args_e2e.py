@@ -98,7 +98,7 @@ PAD = 2
 W = 1.5
 
 HF, SHARED, RM, VANILLA = _targets.HF, _targets.SHARED, _targets.RM, _targets.VANILLA
-PROCESSOR, NAIVE = _targets.PROCESSOR, _targets.NAIVE
+PROCESSOR, NAIVE, CUSTOM = _targets.PROCESSOR, _targets.NAIVE, _targets.CUSTOM
 # key -> record name; the order is the order of measurement within a case
 VARIANTS = {
     "hf": HF,
@@ -106,6 +106,7 @@ VARIANTS = {
     "native_rm": RM,
     "native_vanilla": VANILLA,
     "processor": PROCESSOR,
+    "custom_shared": CUSTOM,
     "naive": NAIVE,
     "dynamic_shared": "dynamic loop ARGS, shared head",
     "dynamic_rm": "dynamic loop ARGS, separate RM",
@@ -113,7 +114,7 @@ VARIANTS = {
     "compiled_rm": "native ARGS, separate RM (compiled)",
     "compiled_vanilla": "native vanilla greedy (compiled)",
 }
-CORE = ("hf", "native_shared", "native_rm", "native_vanilla", "processor", "naive")
+CORE = ("hf", "native_shared", "native_rm", "native_vanilla", "processor", "custom_shared", "naive")
 FLOOR = "floor"  # pseudo-variant: the compute floor of the case
 FLOORS = ("floor: k-token LM forward", "floor: 1-token LM + k-token RM forward", "floor: 1-token LM forward")
 PREFILL = "(prefill, ms per prompt)"
@@ -238,7 +239,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-floor", dest="floor", action="store_false", help="skip the compute floor (default on CUDA)")
     ap.add_argument("--paired", type=int, default=0, help="after a case's variants, alternate each native loop "
                     "with its floor (prefill + new-token forwards) this many times and report both medians and "
-                    "the median per-pair ratio: drift of a shared machine cancels (CPU; 0: off)")
+                    "the median per-pair ratio: drift of a shared machine cancels (CPU; 0: off); the processor "
+                    "alternates with the native separate-RM loop and custom_generate with the native shared-head "
+                    "loop (args_generate) the same way")
     ap.add_argument("--compiled", action="store_true", help="also time the torch.compile'd step (CPU; the "
                     "one-time compile, about a minute per shape, is in the warm-up, not in the figure)")
     ap.add_argument("--variants", default="", help="comma list of variant keys or name fragments (default: "
@@ -484,7 +487,7 @@ class Bench:
         """(call(n_new), timed new tokens, warm-up new tokens) of a variant."""
         from transformers import LogitsProcessorList
 
-        from rgk.args import ARGSLogitsProcessor, RewardModel, args_generate, naive_args_generate
+        from rgk.args import ARGSLogitsProcessor, RewardModel, args_generate, custom_generate, naive_args_generate
         from rgk.args.decode import vanilla_generate
         ns = self.ns
         lm, rm_model, head, _ = self.models(case.shape)
@@ -506,6 +509,11 @@ class Bench:
         table = {
             "hf": (lambda n: lm.generate(ids, **gen_kw(n)), N, warm),
             "processor": (processor, N, warm),
+            # transformers' generate handing over to rgk's loop: the same loop as native_shared
+            "custom_shared": (lambda n: lm.generate(ids, attention_mask=mask, custom_generate=custom_generate,
+                                                    reward=head, k=k, w=W, max_new_tokens=n, eos_token_id=-1,
+                                                    pad_token_id=PAD, loop=loop, do_sample=False, top_k=None,
+                                                    top_p=None, temperature=None), N, N),
             "naive": (lambda n: naive_args_generate(lm, ids, mask, reward=head, max_new_tokens=n, **kw), ns.naive_new,
                       min(ns.warmup_new or ns.naive_new, ns.naive_new)),
             "native_rm": (lambda n: args_generate(lm, ids, mask, reward=rm, max_new_tokens=n, loop=loop, **kw), N, N),
@@ -614,8 +622,10 @@ class Bench:
         for name in (*FLOORS, PREFILL):
             print(f"  {row['case']}: {name:40s} {row['ms'][name]:10.3f} ms", flush=True)
 
-    PAIRS = (("native_shared", 0), ("native_rm", 1), ("native_vanilla", 2), ("processor", "native_rm"))
+    PAIRS = (("native_shared", 0), ("native_rm", 1), ("native_vanilla", 2), ("processor", "native_rm"),
+             ("custom_shared", "native_shared"))
     PROC_BASE = f"{VARIANTS['native_rm']} (paired with the processor)"
+    CUSTOM_BASE = _targets.CUSTOM_BASE
 
     def paired(self, case, rounds: int):
         """Each measured native loop alternated with its floor `rounds` times (loop, floor,
@@ -639,7 +649,8 @@ class Bench:
                 fl, bname, fb = floors[FLOORS[b]], FLOORS[b], f"{FLOORS[b]} (paired)"
             else:
                 other = self.fn(case, b)[0]
-                fl, bname, fb = (lambda: other(ns.new)), VARIANTS[b], self.PROC_BASE
+                fl, bname = (lambda: other(ns.new)), VARIANTS[b]
+                fb = self.PROC_BASE if key == "processor" else self.CUSTOM_BASE
             fl()
             a, c = [], []
             for _ in range(rounds):

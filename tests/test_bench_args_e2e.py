@@ -132,7 +132,7 @@ def test_paired_floor_alternation(tmp_path, capsys):
     per-pair ratios and the paired CPU targets land in the outputs."""
     out = tmp_path / "out"
     argv = ["--random-weights", "--shapes", "smollm2-135m", "--layers", "1", "--cases", "smollm2-135m:1:8",
-            "--new", "2", "--repeats", "1", "--variants", "native_shared,native_rm,native_vanilla,processor", "--floor",
+            "--new", "2", "--repeats", "1", "--variants", "native_shared,native_rm,native_vanilla,processor,custom_shared", "--floor",
             "--paired", "3", "--out", str(out)]
     assert e2e.main(argv) == 0
     data = json.loads((out / "args_e2e.json").read_text())
@@ -146,6 +146,9 @@ def test_paired_floor_alternation(tmp_path, capsys):
     a, b = row["samples_ms"][e2e.PROCESSOR + " (paired)"], row["samples_ms"][e2e.Bench.PROC_BASE]
     assert len(a) == len(b) == 3
     assert row["paired"][f"{e2e.PROCESSOR} / {e2e.RM}"]["ratios"] == sorted(x / y for x, y in zip(a, b))
+    a, b = row["samples_ms"][e2e.CUSTOM + " (paired)"], row["samples_ms"][e2e.Bench.CUSTOM_BASE]
+    assert len(a) == len(b) == 3
+    assert row["paired"][f"{e2e.CUSTOM} / {e2e.SHARED}"]["ratios"] == sorted(x / y for x, y in zip(a, b))
     paired = {t["target"] for t in data["targets"] if "(paired)" in t["target"]}
     assert paired == {t["target"] for t in _targets.ARGS_CPU_PAIRED_TARGETS}
     assert all(t["verdict"] in ("PASS", "FAIL") for t in data["targets"] if t["target"] in paired)

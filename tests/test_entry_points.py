@@ -500,3 +500,40 @@ def test_smollm2_custom_generate_and_pipeline_equal_args_generate():
     got = model.generate(o1, attention_mask=ones, logits_processor=[proc], max_new_tokens=6, **kw)
     fresh = ARGSLogitsProcessor(RewardModel(model, h), k=4, w=1.5)
     assert torch.equal(got, model.generate(o1, attention_mask=ones, logits_processor=[fresh], max_new_tokens=6, **kw))
+
+
+def test_cli_takes_shipped_head_names(tmp_path, monkeypatch):
+    """The README's RePULSe and generate commands name the shipped head alone, from any directory."""
+    from rgk.cli import build_parser
+    monkeypatch.chdir(tmp_path)
+    p = build_parser()
+    ns = p.parse_args(["repulse", "train", "--out", str(tmp_path / "run"), "--head", "smollm2-rtp-tox",
+                       "--threshold", "0", "--beta", "-1"])
+    assert ns.head == "smollm2-rtp-tox"
+    ns = p.parse_args(["generate", "--prompt", "hi", "--head", "smollm2-hh-rs"])
+    assert RewardHead.load(ns.head).config.kind in ("linear", "mlp")
+
+
+def test_vanilla_tiny_temperature_is_greedy():
+    from rgk.args.decode import vanilla_generate
+    m = lm()
+    ids, mask = batch()
+    greedy = vanilla_generate(m, ids, mask, max_new_tokens=5)
+    tiny = vanilla_generate(m, ids, mask, max_new_tokens=5, temperature=1e-42,
+                            generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tiny, greedy)
+
+
+@pytest.mark.slow
+def test_min_new_tokens_and_hooks_on_the_compiled_loop():
+    """The step counter that holds EOS back lives on the device: the compiled step agrees."""
+    m, h = lm(), head()
+    ids, mask = batch()
+    eos = frequent_tokens(m, ids, mask, h, k=4, w=1.5)
+    nv = naive_args_generate(m, ids, mask, reward=h, k=4, w=1.5, max_new_tokens=6, eos_token_id=eos,
+                             min_new_tokens=3)
+    s = _Recorder()
+    got = args_generate(m, ids[:1], mask[:1], reward=h, k=4, w=1.5, max_new_tokens=6, eos_token_id=eos,
+                        min_new_tokens=3, loop="compiled", streamer=s)
+    assert torch.equal(got.sequences, nv.sequences[:1, :got.sequences.shape[1]])
+    assert s.got[-1] == "end" and len(s.got) == 2 + got.sequences.shape[1] - ids.shape[1]

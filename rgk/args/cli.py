@@ -174,8 +174,12 @@ def add_parsers(sub) -> None:
                    "causal LM with --head; default: --head on the LM's own backbone")
     g.add_argument("--temperature", type=finite_float(0), default=0.0, help="0 = greedy ARGS")
     g.add_argument("--mode", choices=["native", "processor", "naive"], default="native",
-                   help="native loop (fork cache), LogitsProcessor inside generate, or the naive reference")
-    g.add_argument("--seed", type=int_at_least(0), default=0)
+                   help="native loop (fork cache; rgk's one decoding entry, as args_generate and custom_generate), "
+                        "LogitsProcessor inside generate, or the naive reference")
+    g.add_argument("--seed", type=int_at_least(0), default=0,
+                   help="seed of the sampler (--temperature > 0): native and naive draw from one seeded generator "
+                        "(the same samples); processor mode samples through generate under torch.manual_seed(seed), "
+                        "so its draws differ from theirs (same distribution)")
     g.add_argument("--eos-reward", choices=["candidate", "prefix"], default="candidate",
                    help="how the end-of-sequence candidate is scored: 'candidate' (default, the paper's ARGS: "
                         "r of the sequence ending in EOS) or 'prefix' (r of the sequence before it, so a head "
