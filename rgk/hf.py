@@ -110,7 +110,14 @@ class _DecoderOutput:
         return None
 
     def __getitem__(self, i):
+        if isinstance(i, str):          # mapping access (`**outputs`, outputs["last_hidden_state"])
+            if i != "last_hidden_state":
+                raise KeyError(i)
+            return self.last_hidden_state
         return (self.last_hidden_state,)[i]
+
+    def keys(self):
+        return ("last_hidden_state",)
 
 
 def _decoder_path(model) -> str | None:
@@ -174,17 +181,26 @@ def logits_fn(model):
     if head is None:
         raise ValueError(f"model: {type(model).__name__} ({mt}) has no output head (get_output_embeddings() is None)")
     path = _decoder_path(model)
-    tail = None if path is None else _with_passthrough(model, path)
     w = head.weight
     g = torch.Generator(device="cpu").manual_seed(0)
     probe = torch.randn(2, 1, w.shape[1], generator=g).to(device=execution_device(head), dtype=w.dtype)
+    # the decoder's path, then its ancestors: a vision-language model's forward runs its own
+    # multimodal wrapper around the language model (get_decoder()); the pass-through then
+    # stands in for the wrapper
+    paths = [] if path is None else [".".join(path.split(".")[:i]) for i in range(path.count(".") + 1, 0, -1)]
+    tail = full = None
     with torch.no_grad():
         plain = head(probe)[:, 0].float()
-        try:
-            full = None if tail is None else tail(inputs_embeds=probe, use_cache=False).logits[:, -1].float()
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"model: {type(model).__name__} ({mt}): rgk computes next-token logits by reusing the "
-                             f"model's forward on given hidden states, which failed ({type(e).__name__}: {e})") from e
+        for j, pth in enumerate(paths):
+            tail = _with_passthrough(model, pth)
+            try:
+                full = tail(inputs_embeds=probe, use_cache=False).logits[:, -1].float()
+                break
+            except Exception as e:  # noqa: BLE001
+                if j == len(paths) - 1:
+                    raise ValueError(f"model: {type(model).__name__} ({mt}): rgk computes next-token logits by "
+                                     f"reusing the model's forward on given hidden states, which failed "
+                                     f"({type(e).__name__}: {e})") from e
     if full is None:
         raise ValueError(f"model: {type(model).__name__} ({mt}): its decoder (get_decoder()) is not one of its "
                          "submodules, so rgk cannot reuse its forward for next-token logits")

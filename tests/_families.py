@@ -59,6 +59,13 @@ OVERRIDES = {
     "falcon": {"new_decoder_architecture": False, "multi_query": True, "alibi": False},
     "gpt_neox": {"rotary_pct": 0.5},
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
+    # KV sharing: the last two layers reuse the keys/values of the last earlier layer of their kind
+    "gemma4_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "hidden_size_per_layer_input": 8,
+                    "vocab_size_per_layer_input": VOCAB, "layer_types": ["sliding_attention", "full_attention"] * 2},
+    "gemma3n_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "hidden_size_per_layer_input": 8,
+                     "vocab_size_per_layer_input": VOCAB, "layer_types": ["sliding_attention", "full_attention"] * 2,
+                     "activation_sparsity_pattern": [0.0] * 4, "altup_num_inputs": 2, "laurel_rank": 4,
+                     "intermediate_size": [64] * 4},
 }
 
 
@@ -70,23 +77,69 @@ def _layer_types(cfg, n: int) -> None:
         cfg.layer_types = [kinds[i % len(kinds)] for i in range(n)]
 
 
+def _size_kwargs(cfg) -> dict:
+    """The SIZES entries that config object `cfg` has (scalars only; read-only properties skipped)."""
+    kw = {}
+    for names, v in SIZES.items():
+        for n in names:
+            prop = getattr(type(cfg), n, None)
+            if isinstance(prop, property) and prop.fset is None:      # derived (e.g. Falcon's head_dim)
+                continue
+            try:
+                present = hasattr(cfg, n) and not isinstance(getattr(cfg, n), (list, dict))
+            except Exception:  # noqa: BLE001 - a per-layer value (transformers' per-layer configs): set it globally
+                present = True
+            if present:
+                kw[n] = v
+    if "kv_lora_rank" in kw and "num_key_value_heads" in kw:     # MLA: every head has its own K/V
+        kw["num_key_value_heads"] = kw.get("num_attention_heads", 4)
+    return kw
+
+
+def _sub_configs(base) -> dict:
+    """{attribute: sub-config} of a composite config (text, vision, audio ...)."""
+    from transformers import PretrainedConfig
+    out = {}
+    for n in getattr(type(base), "sub_configs", {}) or {}:
+        sub = getattr(base, n, None)
+        if isinstance(sub, PretrainedConfig):
+            out[n] = sub
+    return out
+
+
 def tiny_config(model_type: str):
     from transformers import CONFIG_MAPPING
     cls = CONFIG_MAPPING[model_type]
     base = cls()
     text = base.get_text_config() if hasattr(base, "get_text_config") else base
-    kw = {}
-    for names, v in SIZES.items():
-        for n in names:
-            prop = getattr(type(text), n, None)
-            if isinstance(prop, property) and prop.fset is None:      # derived (e.g. Falcon's head_dim)
-                continue
-            if hasattr(text, n) and not isinstance(getattr(text, n), (list, dict)):
-                kw[n] = v
-    if "kv_lora_rank" in kw and "num_key_value_heads" in kw:     # MLA: every head has its own K/V
-        kw["num_key_value_heads"] = kw.get("num_attention_heads", 4)
+    special = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    subs = _sub_configs(base) if text is not base else {}
+    if subs:
+        # a composite (vision-language) config: shrink each part through its own class; the text
+        # part gets the family overrides and the special tokens
+        kw = {}
+        for name, sub in subs.items():
+            skw = _size_kwargs(sub)
+            if sub is text:
+                skw.update(OVERRIDES.get(getattr(sub, "model_type", ""), {}))
+                skw.update(special)
+            try:
+                kw[name] = type(sub)(**skw)
+            except TypeError:
+                kw[name] = type(sub)(**{k: v for k, v in skw.items() if k in special or hasattr(sub, k)})
+        kw.update(OVERRIDES.get(model_type, {}))
+        try:
+            cfg = cls(**kw, **special)
+        except TypeError:
+            cfg = cls(**kw)
+        text = cfg.get_text_config()
+        n_layers = getattr(text, "num_hidden_layers", None)
+        if n_layers is not None:
+            _layer_types(text, n_layers)
+        return cfg
+    kw = _size_kwargs(text)
     kw.update(OVERRIDES.get(model_type, {}))
-    kw.update(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    kw.update(special)
     cfg = cls(**kw)
     for n in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(cfg, n):

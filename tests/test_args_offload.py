@@ -62,6 +62,29 @@ def test_the_cache_follows_a_device_map_that_names_several_devices():
     assert fc._layer_devices(lm, 2) == [torch.device("cpu"), torch.device("cuda", 1)]   # disk: runs where it executes
 
 
+def test_cache_size_follows_per_layer_head_sizes_and_kv_sharing():
+    """Gemma 4: full-attention layers have their own head size (a per-layer config) and the
+    last layers reuse earlier layers' keys and values (they allocate nothing)."""
+    lm = F.build("gemma4_text", 0)
+    cfg = lm.config
+    n, shared = cfg.num_hidden_layers, cfg.num_kv_shared_layers
+    assert shared > 0
+    dims = [cfg.per_layer_config[i].head_dim for i in range(n - shared)]
+    assert len(set(dims)) > 1                                  # the tiny config really varies per layer
+    want = sum(2 * 3 * cfg.per_layer_config[i].num_key_value_heads * (40 + 4) * d * 4 for i, d in enumerate(dims))
+    assert fc.fork_cache_bytes(lm, 3, 40, 4) == {torch.device("cpu"): want}
+    cache = fc.ForkCache.for_model(lm, 3, 40, 4)
+    assert cache.kv_shared_layers == shared
+    ids, mask = F.prompts()
+    cache.extend(lm.get_decoder(), ids, mask)                  # the shared layers write nothing: no error
+    allocated = 4 * (sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers
+                         if layer.is_initialized and not layer.shared) + cache._kv.numel())
+    assert not any(layer.is_initialized for layer in cache.layers[n - shared:])
+    # the all-layer buffer holds a slot per writing layer at the first layer's head size; layers of
+    # another size keep their own buffers (their unused small slots are the only excess)
+    assert want <= allocated <= 1.05 * want
+
+
 def test_a_cache_that_cannot_fit_is_refused_before_any_work(monkeypatch):
     lm = F.build("llama", 0)
     torch.manual_seed(1)

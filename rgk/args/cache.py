@@ -217,6 +217,9 @@ class ForkCache(Cache):
         self._rows: torch.Tensor | None = None       # int64 [B] 0..B-1
         self._kv: torch.Tensor | None = None         # [B, 2 * layers * Hkv, max_len + k, D] (see the docstring)
         self._kv_spec = None                         # (Hkv, D, dtype, device) of _kv
+        # trailing layers that reuse an earlier layer's keys/values and never write a cache
+        # (transformers' KV sharing: Gemma 3n, Gemma 4 `num_kv_shared_layers`)
+        self.kv_shared_layers = 0
         super().__init__(layers=[_ForkLayer(self, i) for i in range(num_layers)])
 
     def _shared_buffer(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor | None:
@@ -227,7 +230,8 @@ class ForkCache(Cache):
         if (value_states.shape[1], value_states.shape[3], value_states.dtype, value_states.device) != spec:
             return None
         if self._kv is None:
-            self._kv = torch.zeros(B, 2 * len(self.layers) * H, self.max_len + self.k, D, dtype=key_states.dtype,
+            n = len(self.layers) - self.kv_shared_layers    # KV-shared layers write nothing
+            self._kv = torch.zeros(B, 2 * n * H, self.max_len + self.k, D, dtype=key_states.dtype,
                                    device=key_states.device)
             self._kv_spec = spec
         return self._kv if spec == self._kv_spec else None
@@ -237,7 +241,10 @@ class ForkCache(Cache):
         """A cache for `model`; refuses, before allocating anything, a size that does not fit the
         free memory of the devices its layers compute on (`fork_cache_bytes`)."""
         check_fork_cache_fits(model, batch_size, max_len, k)
-        return cls(hf.text_config(model).num_hidden_layers, batch_size, max_len, k)
+        cfg = hf.text_config(model)
+        cache = cls(cfg.num_hidden_layers, batch_size, max_len, k)
+        cache.kv_shared_layers = kv_shared_layers(cfg)
+        return cache
 
     def _check_rows(self, name: str, t: torch.Tensor) -> None:
         if t.shape[0] != self.n_rows:
@@ -280,7 +287,8 @@ class ForkCache(Cache):
         return out.last_hidden_state
 
     def _check_written(self, decoder, before, where):
-        if any(layer.writes == b for layer, b in zip(self.layers, before)):
+        n = len(self.layers) - self.kv_shared_layers
+        if any(layer.writes == b for layer, b in zip(self.layers[:n], before[:n])):
             raise RuntimeError(f"{where}: the model's forward left the ForkCache empty (a layer was never "
                                f"updated): it did not take the cache under the name it was passed "
                                f"({hf.cache_kwarg(decoder)}=), or the cache's num_layers does not match the model")
@@ -419,15 +427,33 @@ def fork_cache_bytes(model, batch_size: int, max_len: int, k: int) -> dict:
     kv heads x (max_len + k) x head size x the element size, on the device the layer computes on."""
     cfg = hf.text_config(model)
     n = int(cfg.num_hidden_layers)
-    heads = getattr(cfg, "num_attention_heads", None) or 1
-    hkv = getattr(cfg, "num_key_value_heads", None) or heads
-    d = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     p = next(model.parameters())
-    per_layer = 2 * batch_size * hkv * (max_len + k) * d * p.element_size()
     out: dict = {}
-    for dev in _layer_devices(model, n):
-        out[dev] = out.get(dev, 0) + per_layer
+    writing = n - kv_shared_layers(cfg)       # KV-shared layers allocate nothing
+    for i, dev in enumerate(_layer_devices(model, n)[:writing]):
+        heads = _layer_attr(cfg, i, "num_attention_heads") or 1
+        hkv = _layer_attr(cfg, i, "num_key_value_heads") or heads
+        d = _layer_attr(cfg, i, "head_dim") or cfg.hidden_size // heads
+        out[dev] = out.get(dev, 0) + 2 * batch_size * hkv * (max_len + k) * d * p.element_size()
     return out
+
+
+def kv_shared_layers(cfg) -> int:
+    """How many trailing layers reuse an earlier layer's keys/values (0 for most families)."""
+    try:
+        return int(getattr(cfg, "num_kv_shared_layers", 0) or 0)
+    except Exception:  # noqa: BLE001 - a per-layer config that does not say
+        return 0
+
+
+def _layer_attr(cfg, i: int, name: str):
+    """A config value for layer i: the global one, or, for configs whose value varies per layer
+    (transformers' per-layer configs, e.g. Gemma 4's head size), layer i's own."""
+    try:
+        return getattr(cfg, name, None)
+    except Exception:  # noqa: BLE001 - transformers' "ambiguous global per-layer attribute" error
+        plc = getattr(cfg, "per_layer_config", None)
+        return getattr(plc[i], name, None) if plc is not None else None
 
 
 def _free_bytes(dev: torch.device) -> int | None:
