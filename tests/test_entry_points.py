@@ -488,6 +488,28 @@ def test_smollm2_custom_generate_and_pipeline_equal_args_generate():
                          pad_token_id=tok.pad_token_id, do_sample=True, temperature=0.7, top_p=None, top_k=None,
                          generator=g())
     assert torch.equal(out, ref.sequences)
+    # a list of EOS ids (two tokens greedy ARGS emits early, so rows stop), max_length, a streamer,
+    # return_dict_in_generate
+    T = enc.input_ids.shape[1]
+    early = args_generate(model, enc.input_ids, enc.attention_mask, reward=h, k=4, w=1.5, max_new_tokens=8,
+                          pad_token_id=tok.pad_token_id)
+    eos = [int(early.sequences[0, T + 2]), int(early.sequences[1, T + 3]), tok.eos_token_id]
+    ref = args_generate(model, enc.input_ids, enc.attention_mask, reward=h, k=4, w=1.5, max_new_tokens=8,
+                        pad_token_id=tok.pad_token_id, eos_token_id=eos)
+    assert ref.sequences.shape[1] < T + 8
+    s = _Recorder()
+    out = model.generate(**enc, custom_generate=custom_generate, reward=h, k=4, w=1.5, max_length=T + 8,
+                         eos_token_id=eos, pad_token_id=tok.pad_token_id, do_sample=False, temperature=None,
+                         top_p=None, top_k=None, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, ref.sequences)
+    torch.testing.assert_close(out.scores, ref.scores, rtol=0, atol=0)
+    one = {k: v[:1] for k, v in enc.items()}
+    model.generate(**one, custom_generate=custom_generate, reward=h, k=4, w=1.5, max_new_tokens=8, streamer=s,
+                   pad_token_id=tok.pad_token_id, do_sample=False, temperature=None, top_p=None, top_k=None)
+    ref1 = args_generate(model, one["input_ids"], one["attention_mask"], reward=h, k=4, w=1.5, max_new_tokens=8,
+                         pad_token_id=tok.pad_token_id)
+    T1 = one["input_ids"].shape[1]
+    assert s.got[1:-1] == [[t] for t in ref1.sequences[0, T1:].tolist()] and s.got[-1] == "end"
     pipe = pipeline("text-generation", model=model, tokenizer=tok)
     outs = pipe(msgs, custom_generate=custom_generate, reward=h, k=4, w=1.5, max_new_tokens=8, batch_size=2,
                 do_sample=False, temperature=None, top_p=None, top_k=None)

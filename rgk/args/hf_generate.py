@@ -161,6 +161,12 @@ def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=N
         if c is not None and hasattr(c, "get_seq_length") and int(c.get_seq_length()) > 0:
             raise ValueError(f"{name}: ARGS starts from the prompt (it builds its own fork cache); "
                              "pass the full sequence instead of a filled cache")
+    # generate accepts CPU inputs for a model on an accelerator (its forward moves them): so do we
+    from rgk import hf
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    dev = hf.execution_device(emb if emb is not None else model, fallback=input_ids.device)
+    if input_ids.device != dev:
+        input_ids = input_ids.to(dev)
     B, T = input_ids.shape
     max_new = int(gc.max_length) - T if gc.max_length is not None else 0
     if max_new < 1:
