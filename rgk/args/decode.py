@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rgk import hf, ops
 from rgk.args.cache import ForkCache
-from rgk.args.inputs import _pad_for_mask, as_float, as_int, check_inputs, eos_pad
+from rgk.args.inputs import LOOPS, _pad_for_mask, as_float, as_int, check_inputs, eos_pad
 from rgk.args.rewards import RewardModel, Scores, SharedHead, eos_prefix_scores, head_params
 from rgk.models import reward_mlp
 
@@ -40,7 +40,6 @@ from rgk.models import reward_mlp
 #: accepted unless `check_family` finds a feature rgk's fork pass cannot apply exactly (the
 #: family matrix, tests/test_family_matrix.py, checks each against the naive oracle).
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gemma", "gpt2")
-LOOPS = ("auto", "eager", "compiled", "graph")
 #: per-layer attention kinds the fork pass applies (full causal, sliding window)
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 

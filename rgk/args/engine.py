@@ -136,8 +136,6 @@ class _ForkLM(_LMFork):
 def run(model, src: RewardSource, input_ids: torch.Tensor, mask: torch.Tensor, spec: DecodeSpec) -> ARGSOutput:
     """Decode `input_ids` [B, T] (left-padding `mask`) with ARGS as `spec` says."""
     from rgk.args import decode
-    B, T = input_ids.shape
-    dev = input_ids.device
     loop = spec.loop
     if spec.logits_processor is not None and loop not in ("auto", "dynamic"):
         raise ValueError(f"loop: {loop!r} cannot run other logits processors (they read the whole sequence on the "

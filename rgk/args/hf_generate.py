@@ -50,7 +50,8 @@ import torch
 from transformers.utils import ModelOutput
 
 from rgk.args.engine import DecodeSpec, run
-from rgk.args.inputs import as_int, check_args_params, check_eos_reward, check_mask, check_source
+from rgk.args.inputs import (as_int, check_args_params, check_capacity, check_eos_reward, check_loop, check_mask,
+                             check_source)
 from rgk.args.rewards import lm_vocab
 
 
@@ -195,16 +196,9 @@ def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=N
         warnings.warn(f"custom_generate: the sampling warpers {', '.join(dropped)} from the generation config are "
                       "not applied: ARGS's candidates are the LM's top-k and its temperature acts on the ARGS "
                       "scores", stacklevel=3)
-    need = T + max_new
-    cap = need if max_cache_len is None else as_int("max_cache_len", max_cache_len, 1)
-    if cap < need:
-        raise ValueError(f"max_cache_len: {cap} cannot hold the input ({T} tokens) plus {max_new} new tokens; "
-                         f"pass max_cache_len >= {need} (or leave it None)")
-    from rgk.args import decode
-    if not isinstance(loop, str) or loop not in decode.LOOPS + ("dynamic",):
-        raise ValueError(f"loop: expected one of {', '.join(decode.LOOPS + ('dynamic',))}, got {loop!r}")
+    cap = check_capacity(max_cache_len, T, max_new)
     spec = DecodeSpec(k=k, w=w, temperature=temperature, max_new_tokens=max_new, cap=cap, eos=eos, pad=pad,
-                      min_new_tokens=min_new, loop=loop, stop_every=as_int("stop_every", stop_every, 1),
+                      min_new_tokens=min_new, loop=check_loop(loop), stop_every=as_int("stop_every", stop_every, 1),
                       progress=bool(progress), eos_prefix=check_eos_reward(eos_reward) == "prefix",
                       generator=generator, logits_processor=procs, stopping=_split_criteria(stopping_criteria),
                       streamer=streamer, stream_prompt=False)

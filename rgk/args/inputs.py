@@ -176,6 +176,26 @@ def select(scores: Scores, logp, ids, *, w, temperature, uniform):
                              uniform=uniform)
 
 
+def check_capacity(max_cache_len, prompt_len: int, max_new_tokens: int) -> int:
+    """The cache capacity: prompt + max_new_tokens, or max_cache_len when it holds that."""
+    need = prompt_len + max_new_tokens
+    cap = need if max_cache_len is None else as_int("max_cache_len", max_cache_len, 1)
+    if cap < need:
+        raise ValueError(f"max_cache_len: {cap} cannot hold the prompt ({prompt_len} tokens) plus max_new_tokens="
+                         f"{max_new_tokens}; pass max_cache_len >= {need} (or leave it None)")
+    return cap
+
+
+#: the static loop's ways to run (`rgk.args.decode`); "dynamic" is the Python loop
+LOOPS = ("auto", "eager", "compiled", "graph")
+
+
+def check_loop(loop) -> str:
+    if not isinstance(loop, str) or loop not in LOOPS + ("dynamic",):
+        raise ValueError(f"loop: expected one of {', '.join(LOOPS + ('dynamic',))}, got {loop!r}")
+    return loop
+
+
 EOS_REWARDS = ("candidate", "prefix")
 
 

@@ -112,7 +112,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self.eos_token_id = None if eos_token_id is None else _eos_ids(eos_token_id)
         self._prefix_r: torch.Tensor | None = None   # [B] reward of each row's current sequence
         self._gc = None                              # the generation_config of the generate call last seen
-        self._cur_mask: torch.Tensor | None = None   # the mask of the sequence the state holds
+        self._mask: torch.Tensor | None = None       # [B, T0] the mask the state was built with
         self._cand_r: torch.Tensor | None = None     # [B, k] rewards of the last call's candidates
         self.graph_replays = 0   # calls served by the captured CUDA graph
         self.rebuilds = 0        # how often the state was rebuilt (a new prompt or a rollback)
@@ -176,10 +176,10 @@ class ARGSLogitsProcessor(LogitsProcessor):
         """Whether a new generate call whose input extends the seen prefix by one token can keep
         the state: its mask is the tracked one plus that token, and its length fits."""
         mask = self._mask_for(input_ids, frames)
-        cur = self._cur_mask
-        if cur is None or mask.shape != (cur.shape[0], cur.shape[1] + 1):
+        if self._mask is None or mask.shape != (self._mask.shape[0], self._len + 1):
             return False
-        if not (torch.equal(mask[:, :-1], cur) and bool((mask[:, -1] == 1).all())):
+        # the followed mask: the one the state was built with, then a 1 for every appended token
+        if not (torch.equal(mask[:, :self._T0], self._mask) and bool((mask[:, self._T0:] == 1).all())):
             return False
         want = next((int(loc["generation_config"].max_length) for _, loc in frames
                      if getattr(loc.get("generation_config"), "max_length", None)), None)
@@ -209,9 +209,8 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._graph = None
         self.session = self.reward.open(None, input_ids, mask, capacity=cap, k=self.k)
         self._cap, self._len = cap, input_ids.shape[1]
-        self._cur_mask = mask
+        self._mask, self._T0 = mask, input_ids.shape[1]
         if self.eos_prefix:
-            self._mask, self._T0 = mask, input_ids.shape[1]
             eos = self.eos_token_id
             if eos is None:
                 gc = next((loc["generation_config"] for _, loc in frames if loc.get("generation_config") is not None),
@@ -223,15 +222,14 @@ class ARGSLogitsProcessor(LogitsProcessor):
         self._cand = None
         self.rebuilds += 1
 
-    def _append(self, input_ids: torch.Tensor) -> None:
+    def _append(self, input_ids: torch.Tensor, frames) -> None:
         """Advance the state by the token `generate` appended (the last column of input_ids)."""
         token = input_ids[:, -1]
-        self._cur_mask = torch.cat([self._cur_mask, torch.ones_like(self._cur_mask[:, :1])], 1)
         hit = self._cand == token[:, None]
         found = hit.any(-1)
         # rows generate has finished get pad appended whatever the scores: their state no longer
         # matters, so they commit any slot instead of forcing a one-token forward for the batch
-        for _, loc in _generate_frames():
+        for _, loc in frames:
             unfinished = loc.get("unfinished_sequences")
             if isinstance(unfinished, torch.Tensor) and unfinished.shape == found.shape:
                 found = found | (unfinished.to(found.device) == 0)
@@ -285,7 +283,7 @@ class ARGSLogitsProcessor(LogitsProcessor):
                                  f"({self._len + 1} needed); pass a larger max_cache_len or None")
             extends = False          # no capacity was fixed by the user: rebuild with room to grow
         if extends:
-            self._append(input_ids)
+            self._append(input_ids, frames)
         elif not (seen is not None and torch.equal(input_ids, seen)):
             self._rebuild(input_ids, frames)
         self._seen = input_ids.clone()

@@ -37,7 +37,8 @@ from rgk import hf, ops
 from rgk.args.engine import DecodeSpec, eos_blocked, run
 # the input checks live in rgk.args.inputs; re-exported here, where they were first defined
 from rgk.args.inputs import (ARGSOutput, _pad_for_mask, _Recorder, as_float, as_int,  # noqa: F401
-                             check_args_params, check_eos_reward, check_inputs, check_mask, check_source, eos_pad,
+                             check_args_params, check_capacity, check_eos_reward, check_inputs, check_loop,
+                             check_mask, check_source, eos_pad,
                              infer_left_padding, select, uniform_draws)
 from rgk.args.rewards import lm_vocab
 
@@ -118,17 +119,9 @@ def args_generate(model, input_ids, attention_mask=None, *, reward, k: int = 10,
     mask, max_new_tokens, k, w, temperature, src, eos, pad = _setup(
         model, input_ids, attention_mask, reward, k, w, temperature, max_new_tokens, eos_token_id, pad_token_id)
     eos_prefix = check_eos_reward(eos_reward) == "prefix"
-    T = input_ids.shape[1]
-    need = T + max_new_tokens
-    cap = need if max_cache_len is None else as_int("max_cache_len", max_cache_len, 1)
-    if cap < need:
-        raise ValueError(f"max_cache_len: {cap} cannot hold the prompt ({T} tokens) plus max_new_tokens="
-                         f"{max_new_tokens}; pass max_cache_len >= {need} (or leave it None)")
-    from rgk.args import decode
-    if not isinstance(loop, str) or loop not in decode.LOOPS + ("dynamic",):
-        raise ValueError(f"loop: expected one of {', '.join(decode.LOOPS + ('dynamic',))}, got {loop!r}")
+    cap = check_capacity(max_cache_len, input_ids.shape[1], max_new_tokens)
     spec = DecodeSpec(k=k, w=w, temperature=temperature, max_new_tokens=max_new_tokens, cap=cap, eos=eos, pad=pad,
-                      min_new_tokens=as_int("min_new_tokens", min_new_tokens, 0), loop=loop,
+                      min_new_tokens=as_int("min_new_tokens", min_new_tokens, 0), loop=check_loop(loop),
                       stop_every=as_int("stop_every", stop_every, 1), progress=bool(progress),
                       eos_prefix=eos_prefix, generator=generator,
                       logits_processor=check_callable("logits_processor", logits_processor),
