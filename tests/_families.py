@@ -310,16 +310,35 @@ def families() -> list[str]:
 
 
 def main(argv) -> None:
-    """python tests/_families.py [families...] [--compiled | --only-compiled] [--shared-only]"""
+    """python tests/_families.py [families...] [--compiled | --only-compiled] [--shared-only | --model-only]
+    [--jsonl PATH]
+
+    --jsonl appends one JSON row per family to PATH and skips the families PATH already
+    holds, so a long run (the compiled loop on every family) can stop and resume."""
+    import json
+    from pathlib import Path
+    jsonl = None
+    if "--jsonl" in argv:
+        i = argv.index("--jsonl")
+        jsonl = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
     names = [a for a in argv if not a.startswith("-")] or families()
     loops = LOOPS if "--compiled" in argv else ("dynamic", "eager", "processor")
     if "--only-compiled" in argv:
         loops = ("compiled",)
-    kinds = ("shared",) if "--shared-only" in argv else ("shared", "model")
+    kinds = ("shared",) if "--shared-only" in argv else ("model",) if "--model-only" in argv else ("shared", "model")
+    done = set()
+    if jsonl is not None and jsonl.exists():
+        done = {json.loads(line)["family"] for line in jsonl.read_text().splitlines() if line.strip()}
     for mt in names:
+        if mt in done:
+            continue
         r = run_family(mt, loops=loops, reward_kinds=kinds)
         loops_s = " ".join(f"{k}={v}" for k, v in r["loops"].items())
         print(f"{mt:<28} {r['status']:<9} {r.get('seconds', '')!s:>5}s {loops_s} {r['detail']}", flush=True)
+        if jsonl is not None:
+            with jsonl.open("a") as f:
+                f.write(json.dumps(r) + "\n")
 
 
 if __name__ == "__main__":

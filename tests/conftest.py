@@ -46,6 +46,16 @@ def use_backend(monkeypatch, name: str, dtype=None) -> None:
 
 
 @pytest.fixture
+def trace_only_compile(monkeypatch):
+    """loop="compiled" with torch.compile's aot_eager backend: dynamo traces the step as one
+    graph (a graph break still raises) and AOT autograd functionalizes it, but inductor
+    generates no code.  For tests of a feature's tracing; inductor's numerics are checked by
+    test_decode's fullgraph test and the family matrix's compiled runs."""
+    import rgk.args.decode
+    monkeypatch.setattr(rgk.args.decode, "_COMPILE_BACKEND", "aot_eager")
+
+
+@pytest.fixture
 def shared_dir():
     path = os.path.abspath(SHARED)
     if not os.path.isdir(path):

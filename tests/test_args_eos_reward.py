@@ -117,7 +117,7 @@ def test_prefix_option_errors(parts):
 
 
 @pytest.mark.parametrize("source", ["shared", "model"])
-def test_prefix_compiled_step_matches_eager(parts, source):
+def test_prefix_compiled_step_matches_eager(parts, source, trace_only_compile):
     """The prefix reward lives on device in the static step: torch.compile(fullgraph=True)
     of that step gives the eager step's tokens and rewards."""
     lm = parts[0]

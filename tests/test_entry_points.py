@@ -547,7 +547,7 @@ def test_vanilla_tiny_temperature_is_greedy():
 
 
 @pytest.mark.slow
-def test_min_new_tokens_and_hooks_on_the_compiled_loop():
+def test_min_new_tokens_and_hooks_on_the_compiled_loop(trace_only_compile):
     """The step counter that holds EOS back lives on the device: the compiled step agrees."""
     m, h = lm(), head()
     ids, mask = batch()

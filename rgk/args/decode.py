@@ -327,11 +327,17 @@ def _draw(B, temperature, generator, device):
     return torch.rand(B, generator=generator, device=generator.device if generator is not None else device).to(device)
 
 
+# torch.compile's backend for loop="compiled".  Tests that check a feature traces as one graph
+# set "aot_eager" (dynamo and AOT tracing, no code generation: seconds instead of half a minute
+# of C++ compiling on a CPU); inductor itself is tested on the step and the family matrix.
+_COMPILE_BACKEND = "inductor"
+
+
 @torch.no_grad()
 def _compiled(step, model):
     """`step` under torch.compile(fullgraph=True); a model whose forward dynamo cannot trace as
     one graph gets a one-line error naming the family and the way out, not dynamo's traceback."""
-    fn = torch.compile(step, fullgraph=True, dynamic=False)
+    fn = torch.compile(step, fullgraph=True, dynamic=False, backend=_COMPILE_BACKEND)
 
     def run(*args):
         try:
