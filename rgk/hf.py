@@ -120,9 +120,38 @@ class _DecoderOutput:
         return ("last_hidden_state",)
 
 
+def _has_head(module) -> bool:
+    try:
+        return module.get_output_embeddings() is not None
+    except (AttributeError, NotImplementedError):
+        return False
+
+
+def decoder(model):
+    """The base transformer of a causal LM (what returns last_hidden_state): its
+    `get_decoder()`, else its `base_model`, else the model.  A causal LM whose `get_decoder()`
+    is the LM itself (MllamaForCausalLM: its base_model_prefix names an attribute it does not
+    have) gives its one pretrained child without an output head."""
+    dec = None
+    if hasattr(model, "get_decoder"):
+        try:
+            dec = model.get_decoder()
+        except (AttributeError, NotImplementedError):
+            dec = None
+    if dec is None:
+        base = getattr(model, "base_model", None)
+        dec = base if base is not None else model
+    if _has_head(dec):
+        from transformers import PreTrainedModel
+        kids = [c for _, c in dec.named_children() if isinstance(c, PreTrainedModel) and not _has_head(c)]
+        if len(kids) == 1:
+            dec = kids[0]
+    return dec
+
+
 def _decoder_path(model) -> str | None:
     """The dotted submodule path of the model's decoder (e.g. "model", "model.decoder")."""
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    dec = decoder(model) if hasattr(model, "get_decoder") else None
     if dec is None:
         return None
     for name, child in model.named_modules():

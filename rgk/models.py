@@ -455,5 +455,6 @@ def _read_head_config(cfg_file: Path, quiet: bool = False) -> RewardHeadConfig |
 
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw) -> torch.Tensor:
     """Final hidden states (after the last norm, the input of lm_head) of a causal LM."""
-    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    from rgk import hf
+    out = hf.decoder(model)(input_ids=input_ids, attention_mask=attention_mask, **kw)
     return out.last_hidden_state

@@ -33,6 +33,7 @@ SIZES = {
     ("num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num"): 2,
     ("intermediate_size", "n_inner", "ffn_dim", "d_ff", "ffn_hidden_size"): 64,
     ("head_dim", "kv_channels"): 8,
+    ("rotary_dim",): 4,             # GPT-J / CodeGen: the rotated part of a head of 8
     ("vocab_size",): VOCAB,
     ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_seq_len"): 128,
     ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"): 4,
@@ -58,6 +59,27 @@ OVERRIDES = {
     "granite": {"logits_scaling": 4.0},
     "falcon": {"new_decoder_architecture": False, "multi_query": True, "alibi": False},
     "gpt_neox": {"rotary_pct": 0.5},
+    # defaults that do not build at a tiny size (validators, a sub-config transformers reads a
+    # field from that it does not define, per-layer-kind RoPE tables without the kind used)
+    "dbrx": {"attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+             "ffn_config": {"ffn_hidden_size": 64, "moe_num_experts": 4, "moe_top_k": 2}},
+    "dots1": {"n_shared_experts": 1},
+    # a text config that carries its vision and audio towers' configs (Phi-4-multimodal)
+    "phi4_multimodal": {"vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                          "num_attention_heads": 4},
+                        "audio_config": {"hidden_size": 32, "intermediate_size": 64, "num_blocks": 1,
+                                         "num_attention_heads": 4, "depthwise_separable_out_channel": 32,
+                                         "ext_pw_out_channel": 32, "nemo_conv_channels": 32}},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
+    "granitemoehybrid": {"mamba_n_heads": 4, "mamba_d_head": 16},
+    "bamba": {"mamba_n_heads": 4, "mamba_d_head": 16},
+    "mamba2": {"num_heads": 8},
+    "kolibri1_1": {"head_dim": 16, "index_num_heads": 2},
+    "zaya": {"num_experts_per_tok": 1},
+    "cohere_compass_text": {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}},
+    # Llama 3.2 Vision: a cross-attention layer between two self-attention ones (text-only, it is skipped)
+    "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     # KV sharing: the last two layers reuse the keys/values of the last earlier layer of their kind
     "gemma4_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "hidden_size_per_layer_input": 8,
@@ -69,12 +91,39 @@ OVERRIDES = {
 }
 
 
-def _layer_types(cfg, n: int) -> None:
-    """Resize a config's per-layer list to n layers, keeping at least one of each kind."""
+def _layer_types(cfg, n: int, default=None) -> None:
+    """Resize a config's per-layer list to n layers, keeping at least one of each kind (of the
+    family's default config `default` too, where the tiny config derived fewer kinds)."""
     lt = getattr(cfg, "layer_types", None)
-    if isinstance(lt, (list, tuple)) and lt and len(lt) != n:
-        kinds = list(dict.fromkeys(lt))
+    if not (isinstance(lt, (list, tuple)) and lt):
+        return
+    kinds = list(dict.fromkeys(lt))
+    try:
+        dlt = getattr(default, "layer_types", None) if default is not None else None
+    except Exception:  # noqa: BLE001
+        dlt = None
+    missing = [k for k in dict.fromkeys(dlt or ()) if k not in kinds]
+    if len(lt) == n and not missing:
+        return
+    kinds = list(dict.fromkeys(list(dlt or ()) or kinds)) if missing else kinds
+    try:
+        if len(kinds) > n and hasattr(cfg, "num_hidden_layers"):
+            n = cfg.num_hidden_layers = len(kinds)
         cfg.layer_types = [kinds[i % len(kinds)] for i in range(n)]
+    except AttributeError:          # derived from another field (a property without a setter)
+        pass
+
+
+def _resized_layer_types(cfg, kw: dict) -> None:
+    """kw["layer_types"]: `cfg`'s per-layer list resized to kw's layer count, where the
+    config validates the two against each other when it is built."""
+    n = kw.get("num_hidden_layers")
+    if isinstance(getattr(type(cfg), "layer_types", None), property):    # derived from another field
+        return
+    lt = getattr(cfg, "layer_types", None)
+    if n is not None and isinstance(lt, (list, tuple)) and lt and len(lt) != n and "layer_types" not in kw:
+        kinds = list(dict.fromkeys(lt))
+        kw["layer_types"] = [kinds[i % len(kinds)] for i in range(n)]
 
 
 def _size_kwargs(cfg) -> dict:
@@ -107,10 +156,13 @@ def _sub_configs(base) -> dict:
     return out
 
 
-def tiny_config(model_type: str):
+def tiny_config(model_type: str, all_kinds: bool = True):
     from transformers import CONFIG_MAPPING
     cls = CONFIG_MAPPING[model_type]
-    base = cls()
+    try:
+        base = cls()
+    except Exception:  # noqa: BLE001 - a default its own validator rejects: start from the overrides
+        base = cls(**OVERRIDES.get(model_type, {}))
     text = base.get_text_config() if hasattr(base, "get_text_config") else base
     special = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
     subs = _sub_configs(base) if text is not base else {}
@@ -135,15 +187,21 @@ def tiny_config(model_type: str):
         text = cfg.get_text_config()
         n_layers = getattr(text, "num_hidden_layers", None)
         if n_layers is not None:
-            _layer_types(text, n_layers)
+            _layer_types(text, n_layers, default=base.get_text_config() if all_kinds else None)
         return cfg
     kw = _size_kwargs(text)
     kw.update(OVERRIDES.get(model_type, {}))
     kw.update(special)
-    cfg = cls(**kw)
+    try:
+        cfg = cls(**kw)
+    except Exception:  # noqa: BLE001 - a validator that checks the layer count against layer_types
+        _resized_layer_types(text, kw)
+        if "layer_types" not in kw:
+            raise
+        cfg = cls(**kw)
     for n in ("num_hidden_layers", "n_layer", "num_layers"):
         if hasattr(cfg, n):
-            _layer_types(cfg, getattr(cfg, n))
+            _layer_types(cfg, getattr(cfg, n), default=text if all_kinds else None)
             break
     return cfg
 
@@ -160,8 +218,16 @@ def prompts(seed: int = 0):
 
 
 def build(model_type: str, seed: int = 0):
+    """The tiny model: with every layer kind of the family's default config, or, where the
+    tiny sizes leave a kind unbuildable, with the kinds its own config derives."""
+    try:
+        return _build(tiny_config(model_type), seed)
+    except Exception:  # noqa: BLE001
+        return _build(tiny_config(model_type, all_kinds=False), seed)
+
+
+def _build(cfg, seed: int):
     from transformers import AutoModelForCausalLM
-    cfg = tiny_config(model_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):           # size it first: a config the shrink missed may be huge

@@ -85,6 +85,30 @@ def test_cache_size_follows_per_layer_head_sizes_and_kv_sharing():
     assert want <= allocated <= 1.05 * want
 
 
+def test_cross_attention_layers_of_a_text_only_decode_keep_no_cache():
+    """Llama 3.2 Vision (MllamaForCausalLM, whose get_decoder() is itself): a cross-attention
+    layer between two self-attention ones is skipped without images; it allocates nothing, the
+    layers after it take the next slot of the shared buffer, and a write to it is an error."""
+    from rgk import hf
+    lm = F.build("mllama", 0)
+    cfg = lm.config.get_text_config()
+    assert list(cfg.cross_attention_layers) == [1] and cfg.num_hidden_layers == 3
+    assert lm.get_decoder() is lm and hf.decoder(lm) is lm.model
+    assert fc.silent_layers(cfg) == (1,)
+    d = cfg.hidden_size // cfg.num_attention_heads
+    per_layer = 2 * 3 * cfg.num_key_value_heads * (40 + 4) * d * 4
+    assert fc.fork_cache_bytes(lm, 3, 40, 4) == {torch.device("cpu"): 2 * per_layer}
+    cache = fc.ForkCache.for_model(lm, 3, 40, 4)
+    ids, mask = F.prompts()
+    cache.extend(hf.decoder(lm), ids, mask)
+    assert [layer.is_initialized for layer in cache.layers] == [True, False, True]
+    assert cache._kv.shape[1] == 2 * 2 * cfg.num_key_value_heads           # two writing layers
+    assert cache.layers[2].keys.data_ptr() == cache._kv[:, 2 * cfg.num_key_value_heads].data_ptr()
+    k = torch.zeros(3, cfg.num_key_value_heads, 1, d)
+    with pytest.raises(RuntimeError, match="layer 1 wrote keys/values"):
+        cache.layers[1].update(k, k)
+
+
 def test_a_cache_that_cannot_fit_is_refused_before_any_work(monkeypatch):
     lm = F.build("llama", 0)
     torch.manual_seed(1)

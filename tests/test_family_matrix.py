@@ -20,7 +20,8 @@ import _families as F
 # families users bring, which must build and decode exactly (not be refused or unbuilt)
 MUST_BE_EXACT = ("llama", "qwen2", "qwen3", "qwen3_moe", "mistral", "mixtral", "gemma", "gemma2", "gemma3_text",
                  "phi3", "olmo2", "gpt_neox", "smollm3", "starcoder2", "gpt_bigcode", "opt", "falcon", "stablelm",
-                 "cohere", "granite", "gpt2", "gpt_oss", "gemma3", "gemma3n_text", "gemma4", "gemma4_text")
+                 "cohere", "granite", "gpt2", "gpt_oss", "gemma3", "gemma3n_text", "gemma4", "gemma4_text",
+                 "gptj", "codegen", "mllama", "dbrx", "dots1", "phi4_multimodal", "cohere_compass_text")
 # the compiled loop (torch.compile fullgraph) on one family per fork-pass feature: sliding
 # windows per layer, soft-caps and a final-logit tail, logit scale, attention without the
 # forward's kwargs (Falcon), attention sinks

@@ -37,7 +37,7 @@ import weakref
 import torch
 from torch import nn
 
-from rgk import ops
+from rgk import hf, ops
 from rgk.models import reward_mlp
 
 DEFAULT_EDITOR = Path(__file__).resolve().parents[1] / "data" / "argre" / "smollm2-rtp"
@@ -46,7 +46,7 @@ _NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_nor
 
 def final_norm_module(model: nn.Module) -> nn.Module:
     """The module whose output is the LM's last_hidden_state (the input of lm_head)."""
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else model
+    dec = hf.decoder(model)
     for owner in (dec, getattr(dec, "decoder", None), model):
         if owner is None:
             continue

@@ -135,9 +135,12 @@ class _ForkLayer(CacheLayerMixin):
         B, H, _, D = key_states.shape
         if B != o.n_rows:
             raise ValueError(f"input batch size {B} does not match the cache's batch_size {o.n_rows}")
+        if self.index in o.silent_layers:
+            raise RuntimeError(f"ForkCache: layer {self.index} wrote keys/values, but the model's config says it "
+                               "keeps no cache of its own (KV sharing, or a cross-attention layer without images)")
         buf = o._shared_buffer(key_states, value_states)
         if buf is not None:
-            i = 2 * self.index * H
+            i = 2 * o._slot(self.index) * H
             self.keys, self.values = buf[:, i:i + H], buf[:, i + H:i + 2 * H]
             self.shared = True
         else:
@@ -217,9 +220,11 @@ class ForkCache(Cache):
         self._rows: torch.Tensor | None = None       # int64 [B] 0..B-1
         self._kv: torch.Tensor | None = None         # [B, 2 * layers * Hkv, max_len + k, D] (see the docstring)
         self._kv_spec = None                         # (Hkv, D, dtype, device) of _kv
-        # trailing layers that reuse an earlier layer's keys/values and never write a cache
-        # (transformers' KV sharing: Gemma 3n, Gemma 4 `num_kv_shared_layers`)
+        # layers that never write a cache (`silent_layers`): trailing layers that reuse an
+        # earlier layer's keys/values (KV sharing: Gemma 3n, Gemma 4 `num_kv_shared_layers`), and
+        # cross-attention layers a text-only forward skips (Llama 3.2 Vision)
         self.kv_shared_layers = 0
+        self.silent_layers: frozenset = frozenset()
         super().__init__(layers=[_ForkLayer(self, i) for i in range(num_layers)])
 
     def _shared_buffer(self, key_states: torch.Tensor, value_states: torch.Tensor) -> torch.Tensor | None:
@@ -230,7 +235,7 @@ class ForkCache(Cache):
         if (value_states.shape[1], value_states.shape[3], value_states.dtype, value_states.device) != spec:
             return None
         if self._kv is None:
-            n = len(self.layers) - self.kv_shared_layers    # KV-shared layers write nothing
+            n = len(self.layers) - len(self.silent_layers)    # silent layers write nothing
             self._kv = torch.zeros(B, 2 * n * H, self.max_len + self.k, D, dtype=key_states.dtype,
                                    device=key_states.device)
             self._kv_spec = spec
@@ -244,7 +249,12 @@ class ForkCache(Cache):
         cfg = hf.text_config(model)
         cache = cls(cfg.num_hidden_layers, batch_size, max_len, k)
         cache.kv_shared_layers = kv_shared_layers(cfg)
+        cache.silent_layers = frozenset(silent_layers(cfg))
         return cache
+
+    def _slot(self, index: int) -> int:
+        """Layer `index`'s place among the layers that write (its slice of the shared buffer)."""
+        return index - sum(1 for j in self.silent_layers if j < index)
 
     def _check_rows(self, name: str, t: torch.Tensor) -> None:
         if t.shape[0] != self.n_rows:
@@ -287,8 +297,8 @@ class ForkCache(Cache):
         return out.last_hidden_state
 
     def _check_written(self, decoder, before, where):
-        n = len(self.layers) - self.kv_shared_layers
-        if any(layer.writes == b for layer, b in zip(self.layers[:n], before[:n])):
+        if any(layer.writes == b for i, (layer, b) in enumerate(zip(self.layers, before))
+               if i not in self.silent_layers):
             raise RuntimeError(f"{where}: the model's forward left the ForkCache empty (a layer was never "
                                f"updated): it did not take the cache under the name it was passed "
                                f"({hf.cache_kwarg(decoder)}=), or the cache's num_layers does not match the model")
@@ -429,8 +439,10 @@ def fork_cache_bytes(model, batch_size: int, max_len: int, k: int) -> dict:
     n = int(cfg.num_hidden_layers)
     p = next(model.parameters())
     out: dict = {}
-    writing = n - kv_shared_layers(cfg)       # KV-shared layers allocate nothing
-    for i, dev in enumerate(_layer_devices(model, n)[:writing]):
+    silent = silent_layers(cfg)               # layers that write no cache allocate nothing
+    for i, dev in enumerate(_layer_devices(model, n)):
+        if i in silent:
+            continue
         heads = _layer_attr(cfg, i, "num_attention_heads") or 1
         hkv = _layer_attr(cfg, i, "num_key_value_heads") or heads
         d = _layer_attr(cfg, i, "head_dim") or cfg.hidden_size // heads
@@ -444,6 +456,20 @@ def kv_shared_layers(cfg) -> int:
         return int(getattr(cfg, "num_kv_shared_layers", 0) or 0)
     except Exception:  # noqa: BLE001 - a per-layer config that does not say
         return 0
+
+
+def silent_layers(cfg) -> tuple[int, ...]:
+    """The layers whose forward writes no KV cache in a text-only decode: the trailing
+    `num_kv_shared_layers` (they reuse an earlier layer's keys/values) and the
+    `cross_attention_layers` (Llama 3.2 Vision: skipped without image states)."""
+    n = int(cfg.num_hidden_layers)
+    out = set(range(n - kv_shared_layers(cfg), n))
+    try:
+        cross = getattr(cfg, "cross_attention_layers", None) or ()
+    except Exception:  # noqa: BLE001 - a per-layer config that does not say
+        cross = ()
+    out |= {int(i) for i in cross if 0 <= int(i) < n}
+    return tuple(sorted(out))
 
 
 def _layer_attr(cfg, i: int, name: str):

@@ -55,7 +55,7 @@ def family_problem(model) -> str | None:
     mt = getattr(cfg, "model_type", type(model).__name__)
     if getattr(cfg, "is_encoder_decoder", False):
         return f"model_type {mt!r} is an encoder-decoder; ARGS here decodes causal LMs"
-    dec = model.get_decoder() if hasattr(model, "get_decoder") else model
+    dec = hf.decoder(model)
     try:
         hf.cache_kwarg(dec)
     except TypeError:
@@ -150,7 +150,7 @@ class _LMFork:
 
     def __init__(self, model, B, cap, slots):
         # next-token logits as the model's own forward computes them (head + any tail)
-        self.model, self.dec, self.head = model, model.get_decoder(), hf.logits_fn(model)
+        self.model, self.dec, self.head = model, hf.decoder(model), hf.logits_fn(model)
         self.cache = ForkCache.for_model(model, B, cap, slots)
 
     def prefill(self, input_ids, mask):

@@ -119,15 +119,7 @@ def final_hidden(model, input_ids, attention_mask):
 
 def decoder_of(model):
     """The base transformer of a causal LM / sequence classifier (or the model itself)."""
-    if hasattr(model, "get_decoder"):
-        try:
-            dec = model.get_decoder()
-            if dec is not None:
-                return dec
-        except (AttributeError, NotImplementedError):
-            pass
-    base = getattr(model, "base_model", None)
-    return base if base is not None else model
+    return hf.decoder(model)
 
 
 # ----------------------------------------------------------------------------- shared backbone
