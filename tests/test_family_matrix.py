@@ -135,3 +135,39 @@ def test_a_family_dynamo_cannot_trace_is_refused_by_the_compiled_loop_in_one_lin
                       pad_token_id=0)
     out = args_generate(lm, ids, mask, reward=head, loop="eager", k=4, max_new_tokens=2, eos_token_id=-1, pad_token_id=0)
     assert out.sequences.shape[1] == ids.shape[1] + 2
+
+
+def test_the_matrix_script_resumes_from_its_jsonl(tmp_path, monkeypatch, capsys):
+    """python tests/_families.py --jsonl PATH: one JSON row per family appended as it ends;
+    a rerun skips the families PATH already holds (long compiled runs stop and resume)."""
+    import json
+    ran = []
+
+    def fake(mt, loops, reward_kinds):
+        ran.append((mt, loops, reward_kinds))
+        return {"family": mt, "status": "exact", "detail": "", "seconds": 0.1,
+                "loops": {f"{k}/{lp}": "exact" for k in reward_kinds for lp in loops}}
+    monkeypatch.setattr(F, "run_family", fake)
+    path = tmp_path / "rows.jsonl"
+    F.main(["llama", "qwen2", "--only-compiled", "--model-only", "--jsonl", str(path)])
+    assert ran == [("llama", ("compiled",), ("model",)), ("qwen2", ("compiled",), ("model",))]
+    F.main(["llama", "qwen2", "gemma", "--only-compiled", "--model-only", "--jsonl", str(path)])
+    assert [r[0] for r in ran] == ["llama", "qwen2", "gemma"]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["family"] for r in rows] == ["llama", "qwen2", "gemma"]
+    assert rows[2]["loops"] == {"model/compiled": "exact"}
+    assert "gemma" in capsys.readouterr().out
+
+
+def test_the_decoder_is_the_base_transformer_for_every_kind_of_model():
+    """rgk.hf.decoder: a causal LM's base (get_decoder()), a sequence classifier's base, a
+    base model itself, and a causal LM whose get_decoder() is itself (MllamaForCausalLM)."""
+    from transformers import AutoModelForSequenceClassification
+    from rgk import hf
+    lm = F.build("llama")
+    assert hf.decoder(lm) is lm.model
+    assert hf.decoder(lm.model) is lm.model
+    clf = AutoModelForSequenceClassification.from_config(F.tiny_config("llama"))
+    assert hf.decoder(clf) is clf.model
+    ml = F.build("mllama")
+    assert ml.get_decoder() is ml and hf.decoder(ml) is ml.model
