@@ -120,16 +120,18 @@ def test_the_gpu_checks_families_case_runs_on_cpu(tmp_path):
     assert rows[0]["window"] == 64 < rows[0]["prompt"]
 
 
-def test_a_family_dynamo_cannot_trace_is_refused_by_the_compiled_loop_in_one_line():
-    """CTRL's forward does not trace as one graph: loop='compiled' says so and names the way out."""
+@pytest.mark.parametrize("family", ["ctrl", "dbrx"])
+def test_a_family_dynamo_cannot_trace_is_refused_by_the_compiled_loop_in_one_line(family):
+    """CTRL's forward does not trace as one graph (a graph break), DBRX's expert routing is
+    data-dependent (dynamo's UserError): loop='compiled' says so and names the way out."""
     import torch
     from rgk.args import args_generate
-    lm = F.build("ctrl")
+    lm = F.build(family)
     from rgk.models import RewardHead, RewardHeadConfig
-    head = RewardHead(RewardHeadConfig(lm.config.hidden_size if hasattr(lm.config, "hidden_size") else 32, "linear"))
+    head = RewardHead(RewardHeadConfig(lm.get_output_embeddings().weight.shape[1], "linear"))
     ids, mask = F.prompts()
     torch._dynamo.reset()
-    with pytest.raises(RuntimeError, match=r"^loop: 'compiled' cannot trace model_type 'ctrl' as one graph .* "
+    with pytest.raises(RuntimeError, match=rf"^loop: 'compiled' cannot trace model_type '{family}' as one graph .* "
                                            r"use loop='eager'"):
         args_generate(lm, ids, mask, reward=head, loop="compiled", k=4, max_new_tokens=2, eos_token_id=-1,
                       pad_token_id=0)

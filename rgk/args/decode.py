@@ -342,7 +342,8 @@ def _compiled(step, model):
     def run(*args):
         try:
             return fn(*args)
-        except torch._dynamo.exc.Unsupported as e:
+        except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as e:   # a graph break, or
+            # data-dependent control flow (DBRX's expert routing) that fullgraph cannot specialize
             mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise RuntimeError(f"loop: 'compiled' cannot trace model_type {mt!r} as one graph with "
