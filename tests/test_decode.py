@@ -186,3 +186,28 @@ def test_other_families_run_on_the_static_loop_and_what_it_cannot_do_is_refused(
             args_generate(bloom, ids, mask, reward=head(32), k=3, max_new_tokens=2, loop=loop)
     with pytest.raises(ValueError, match="^model: model_type 'bloom' uses an ALiBi"):
         vanilla_generate(bloom, ids, mask, max_new_tokens=2)
+
+
+def test_a_step_cuda_graphs_cannot_capture_is_refused_or_run_uncaptured(monkeypatch):
+    """A forward with a host sync inside (data-dependent expert routing) cannot be captured:
+    loop='graph' says so in one line naming the family and the way out; loop='auto' warns and
+    runs the same step uncaptured, with the eager loop's tokens.  (CPU stand-in: the capture
+    raises as CUDA does when a capturing stream meets a synchronising call.)"""
+    import rgk.args.decode as D
+
+    def no_capture(dec, u0):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+    monkeypatch.setattr(D, "_Graph", no_capture)
+    monkeypatch.setattr(D, "resolve_loop", lambda loop, dev: "graph" if loop in ("graph", "auto") else loop)
+    lm = family_lm("llama")
+    ids, mask = prompts()
+    kw = dict(reward=RewardModel(family_lm("llama", 1), head()), k=4, w=2.0, max_new_tokens=5, eos_token_id=EOS,
+              pad_token_id=PAD)
+    with pytest.raises(RuntimeError, match=r"^loop: 'graph' cannot capture model_type 'llama' in a CUDA graph "
+                                           r"\(CUDA error: operation not permitted when stream is capturing\); "
+                                           r"use loop='eager'"):
+        args_generate(lm, ids, mask, loop="graph", **kw)
+    ref = args_generate(lm, ids, mask, loop="eager", **kw)
+    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
+        out = args_generate(lm, ids, mask, loop="auto", **kw)
+    assert torch.equal(out.sequences, ref.sequences)

@@ -25,6 +25,7 @@ model; text rewards stay on the Python loop (`rgk.args.engine`).
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 
 import torch
@@ -290,9 +291,11 @@ class _Graph:
         torch.cuda.current_stream().wait_stream(s)
         self._restore()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = dec.step(self.logits, self.u, self.done)
-        self._restore()      # capturing ran nothing, but keep the state exactly as prefilled
+        try:
+            with torch.cuda.graph(self.graph):
+                self.out = dec.step(self.logits, self.u, self.done)
+        finally:
+            self._restore()      # capturing ran nothing, but keep the state exactly as prefilled
 
     def _caches(self):
         cs = [self.dec.lm.cache] + ([self.dec.rm_cache] if self.dec.rm is not None else [])
@@ -352,6 +355,24 @@ def _compiled(step, model):
     return run
 
 
+def _captured(dec: StaticDecoder, u0, model, auto: bool):
+    """The step captured in a CUDA graph.  A model whose forward cannot be captured (a host
+    sync inside it, e.g. data-dependent expert routing) gets, with loop="graph", a one-line
+    error naming the family and the way out; with loop="auto", a warning and the same step
+    run uncaptured (loop="eager": the same tokens)."""
+    try:
+        return _Graph(dec, u0)
+    except RuntimeError as e:
+        mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not auto:
+            raise RuntimeError(f"loop: 'graph' cannot capture model_type {mt!r} in a CUDA graph ({first}); "
+                               "use loop='eager' (the same step, uncaptured) or 'auto'") from None
+        warnings.warn(f"loop='auto': model_type {mt!r} cannot be captured in a CUDA graph ({first}); decoding "
+                      "with the same step uncaptured (loop='eager')", RuntimeWarning, stacklevel=3)
+        return dec.step
+
+
 def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tokens, cap, eos, pad, generator,
                loop: str, stop_every: int = 8, progress: bool = False, eos_prefix: bool = False,
                min_new_tokens: int = 0, hooks=None):
@@ -359,7 +380,7 @@ def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tok
     hooks: a `rgk.args.engine.StepHooks` (streamer, stopping criteria), called on the host
     after every step."""
     dev = input_ids.device
-    loop = resolve_loop(loop, dev)
+    auto, loop = loop == "auto", resolve_loop(loop, dev)
     stop_every = max(1, int(stop_every))
     dec = StaticDecoder(model, source, input_ids, mask, k=k, w=w, temperature=temperature, cap=cap, eos=eos,
                         pad=pad, eos_prefix=eos_prefix, min_new_tokens=min_new_tokens)
@@ -370,7 +391,7 @@ def run_static(model, source, input_ids, mask, *, k, w, temperature, max_new_tok
             fn = _compiled(dec.step, model)
         elif loop == "graph":
             u0 = _draw(dec.B, temperature, None, dev) if temperature > 0 else None
-            fn = _Graph(dec, u0)
+            fn = _captured(dec, u0, model, auto)
         else:
             fn = dec.step
         steps = tqdm(range(max_new_tokens), desc="ARGS" if source is not None else "decode", disable=not progress,
