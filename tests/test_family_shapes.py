@@ -13,15 +13,14 @@ import os
 
 import pytest
 import torch
-from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LogitsProcessorList, Qwen3Config,
-                          Qwen3ForCausalLM)
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, Qwen3Config, Qwen3ForCausalLM
 
-from rgk.args import ARGSLogitsProcessor, RewardModel, args_generate, naive_args_generate
-from rgk.models import RewardHead, RewardHeadConfig
+import _families as F
+from rgk.args import RewardModel, args_generate, naive_args_generate
 
-V, PAD, WINDOW = 96, 0, 16
+V, PAD, WINDOW = F.VOCAB, 0, 16
 LENS = (64, 47, 30)
-K, W, NEW = 4, 1.0, 8
+K, W, NEW = F.K, F.W, F.NEW         # the matrix's settings (its processor helper uses them)
 
 
 def _gemma3(seed):
@@ -45,31 +44,15 @@ BUILD = {"gemma3": _gemma3, "qwen3": _qwen3}
 
 
 @pytest.fixture
-def backend(monkeypatch):
+def backend(request):
     if os.environ.get("RGK_FAMILY_COMPILED") != "all":
-        import rgk.args.decode
-        monkeypatch.setattr(rgk.args.decode, "_COMPILE_BACKEND", "aot_eager")
-
-
-def _prompts():
-    g = torch.Generator().manual_seed(0)
-    T = max(LENS)
-    ids = torch.zeros(len(LENS), T, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, n in enumerate(LENS):
-        ids[b, T - n:] = torch.randint(3, V, (n,), generator=g)
-        mask[b, T - n:] = 1
-    return ids, mask
+        request.getfixturevalue("trace_only_compile")
 
 
 @pytest.fixture(scope="module", params=sorted(BUILD))
 def case(request):
     lm = BUILD[request.param](0)
-    torch.manual_seed(1)
-    head = RewardHead(RewardHeadConfig(32, "linear", base_model="tiny"))
-    with torch.no_grad():
-        for p in head.parameters():
-            p.mul_(8)                   # rewards that move the choice away from the LM's own
+    head = F.reward_head(32)
     return request.param, lm, head, RewardModel(BUILD[request.param](1), head)
 
 
@@ -88,17 +71,14 @@ def test_the_shapes_are_what_they_claim(case):
 def test_native_equals_naive_on_every_loop(case, kind, loop, backend):
     name, lm, head, rm = case
     source = head if kind == "shared" else rm
-    ids, mask = _prompts()
+    ids, mask = F.prompts(lens=LENS)
     kw = dict(k=K, w=W, max_new_tokens=NEW, eos_token_id=-1, pad_token_id=PAD)
     ref = naive_args_generate(lm, ids, mask, reward=source, **kw)
     assert not torch.equal(ref.sequences, naive_args_generate(lm, ids, mask, reward=source, **{**kw, "w": 0.0}
                                                               ).sequences)   # the reward steers
     if loop == "processor":
-        proc = ARGSLogitsProcessor(RewardModel(lm, head) if kind == "shared" else rm, k=K, w=W, attention_mask=mask)
-        out = lm.generate(ids, attention_mask=mask, logits_processor=LogitsProcessorList([proc]),
-                          max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=PAD,
-                          eos_token_id=None)
-        assert torch.equal(out, ref.sequences)
+        out = F._processor(lm, RewardModel(lm, head) if kind == "shared" else rm, ids, mask)
+        assert torch.equal(out.sequences, ref.sequences)
         return
     out = args_generate(lm, ids, mask, reward=source, loop=loop, **kw)
     assert torch.equal(out.sequences, ref.sequences)

@@ -223,7 +223,6 @@ class ForkCache(Cache):
         # layers that never write a cache (`silent_layers`): trailing layers that reuse an
         # earlier layer's keys/values (KV sharing: Gemma 3n, Gemma 4 `num_kv_shared_layers`), and
         # cross-attention layers a text-only forward skips (Llama 3.2 Vision)
-        self.kv_shared_layers = 0
         self.silent_layers: frozenset = frozenset()
         super().__init__(layers=[_ForkLayer(self, i) for i in range(num_layers)])
 
@@ -248,7 +247,6 @@ class ForkCache(Cache):
         check_fork_cache_fits(model, batch_size, max_len, k)
         cfg = hf.text_config(model)
         cache = cls(cfg.num_hidden_layers, batch_size, max_len, k)
-        cache.kv_shared_layers = kv_shared_layers(cfg)
         cache.silent_layers = frozenset(silent_layers(cfg))
         return cache
 

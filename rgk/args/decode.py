@@ -336,6 +336,12 @@ def _draw(B, temperature, generator, device):
 _COMPILE_BACKEND = "inductor"
 
 
+def _failure(model, e: Exception) -> tuple[str, str]:
+    """(model_type, the first line of e) for a loop's one-line refusal."""
+    mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
+    return mt, (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
 @torch.no_grad()
 def _compiled(step, model):
     """`step` under torch.compile(fullgraph=True); a model whose forward dynamo cannot trace as
@@ -347,8 +353,7 @@ def _compiled(step, model):
             return fn(*args)
         except (torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError) as e:   # a graph break, or
             # data-dependent control flow (DBRX's expert routing) that fullgraph cannot specialize
-            mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            mt, first = _failure(model, e)
             raise RuntimeError(f"loop: 'compiled' cannot trace model_type {mt!r} as one graph with "
                                f"torch.compile(fullgraph=True) ({first}); use loop='eager' (the same step, "
                                "uncompiled) or 'dynamic'") from None
@@ -363,8 +368,7 @@ def _captured(dec: StaticDecoder, u0, model, auto: bool):
     try:
         return _Graph(dec, u0)
     except RuntimeError as e:
-        mt = getattr(hf.text_config(model), "model_type", type(model).__name__)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        mt, first = _failure(model, e)
         if not auto:
             raise RuntimeError(f"loop: 'graph' cannot capture model_type {mt!r} in a CUDA graph ({first}); "
                                "use loop='eager' (the same step, uncaptured) or 'auto'") from None

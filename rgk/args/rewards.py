@@ -117,9 +117,8 @@ def final_hidden(model, input_ids, attention_mask):
                position_ids=hf.positions(attention_mask)).last_hidden_state
 
 
-def decoder_of(model):
-    """The base transformer of a causal LM / sequence classifier (or the model itself)."""
-    return hf.decoder(model)
+# the base transformer of a causal LM / sequence classifier (or the model itself)
+decoder_of = hf.decoder
 
 
 # ----------------------------------------------------------------------------- shared backbone
