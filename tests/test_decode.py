@@ -212,3 +212,19 @@ def test_a_step_cuda_graphs_cannot_capture_is_refused_or_run_uncaptured(monkeypa
         out = args_generate(lm, ids, mask, loop="auto", **kw)
     assert torch.equal(out.sequences, ref.sequences)
 
+
+def test_the_compiled_step_compiles_once_for_calls_of_the_same_shape(trace_only_compile):
+    """Every args_generate call builds a fresh decoder and cache; the compiled step must not
+    recompile for them (it did once per call, and failed dynamo's recompile limit on the
+    fifth): one graph for ten calls of one shape, every call the eager loop's tokens."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+    lm = family_lm("llama")
+    ids, mask = prompts()
+    kw = dict(reward=head(), k=4, w=2.0, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD)
+    ref = args_generate(lm, ids, mask, loop="eager", **kw)
+    torch._dynamo.reset()
+    counters.clear()
+    for _ in range(10):
+        assert torch.equal(args_generate(lm, ids, mask, loop="compiled", **kw).sequences, ref.sequences)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

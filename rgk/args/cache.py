@@ -197,6 +197,19 @@ class _ForkLayer(CacheLayerMixin):
         self.values.index_copy_(2, pos, self.values[rows, :, src].unsqueeze(2))
 
 
+class _Steps:
+    """The handle `ForkCache.static_steps` yields: the commits recorded so far.  One class for
+    every call (dynamo guards on the handle's type: a class made per call would make the
+    compiled step recompile on every `args_generate` call)."""
+
+    def __init__(self, host_bound: bool):
+        self.committed = 0
+        self.host_bound = bool(host_bound)
+
+    def steps(self, n: int) -> None:
+        self.committed += n
+
+
 class ForkCache(Cache):
     """Prefix cache + k candidate slots for a model with `num_layers` attention layers.
 
@@ -375,14 +388,7 @@ class ForkCache(Cache):
         every commit with `steps` before the next fork; the forks then pass the exact
         Python-int valid length to the fork attention (see `valid_len`)."""
         owner = self
-
-        class _Steps:
-            committed = 0
-
-            def steps(self, n: int) -> None:
-                self.committed += n
-        h = _Steps()
-        h.host_bound = bool(host_bound)
+        h = _Steps(host_bound)
         old = decoder.config._attn_implementation
         self._static_kw = hf.cache_kwarg(decoder)
         self.static = True
@@ -405,8 +411,8 @@ class ForkCache(Cache):
         for layer in self.layers:
             if layer.is_initialized and not layer.shared:
                 layer.commit(rows, src, self.pos)
-        self.end += 1
-        self.pos += 1
+        self.end.add_(1)         # in place, no rebinding: `self.end += 1` under dynamo re-stores the
+        self.pos.add_(1)         # attribute, and the next step's guard (end is _info.end) recompiles
 
 
 def _layer_devices(model, n_layers: int) -> list[torch.device]:
